@@ -1,0 +1,1 @@
+//! asyncworker-amqp: work in progress.

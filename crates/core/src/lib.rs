@@ -1,0 +1,43 @@
+//! The core of asyncworker: the message and settlement model, the tower layers that give a
+//! worker its behaviour, and the runtime that drives sources through them.
+//!
+//! See the facade crate `asyncworker` for an overview.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod message;
+pub mod shutdown;
+
+pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};
+pub use shutdown::Shutdown;
+
+/// A type-erased error, as tower uses: `Box<dyn Error + Send + Sync>`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A configuration or runtime error of asyncworker itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An option has a value that cannot work (a bulk size of 0, a malformed URL, ...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A route failed to start.
+    #[error("route {route:?}: {source}")]
+    Route {
+        /// The route's name.
+        route: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// A startup hook failed.
+    #[error("startup hook failed: {0}")]
+    Startup(#[source] BoxError),
+}
+
+impl Error {
+    /// A configuration error with `message`.
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::Config(message.into())
+    }
+}

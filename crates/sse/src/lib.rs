@@ -1,0 +1,1 @@
+//! asyncworker-sse: work in progress.

@@ -1,0 +1,1 @@
+//! asyncworker-timeit: work in progress.
