@@ -7,9 +7,11 @@
 
 pub mod message;
 pub mod shutdown;
+pub mod source;
 
 pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};
 pub use shutdown::Shutdown;
+pub use source::{Readiness, Source, SourceContext};
 
 /// A type-erased error, as tower uses: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,17 +24,16 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A route failed to start.
-    #[error("route {route:?}: {source}")]
+    #[error("route {route:?}: {cause}")]
     Route {
         /// The route's name.
         route: String,
         /// What went wrong.
-        #[source]
-        source: BoxError,
+        cause: BoxError,
     },
     /// A startup hook failed.
     #[error("startup hook failed: {0}")]
-    Startup(#[source] BoxError),
+    Startup(BoxError),
 }
 
 impl Error {
