@@ -5,7 +5,11 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod ack;
+pub mod bulk;
+pub mod memory;
 pub mod message;
+pub mod retry;
 pub mod shutdown;
 pub mod source;
 

@@ -1,0 +1,1 @@
+//! bulk (in progress)
