@@ -9,11 +9,13 @@ pub mod ack;
 pub mod bulk;
 pub mod memory;
 pub mod message;
+pub mod metrics;
 pub mod retry;
 pub mod shutdown;
 pub mod source;
 
 pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};
+pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use shutdown::Shutdown;
 pub use source::{Readiness, Source, SourceContext};
 
