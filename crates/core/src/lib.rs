@@ -6,14 +6,17 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod ack;
+pub mod builder;
 pub mod bulk;
 pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod retry;
+pub mod runtime;
 pub mod shutdown;
 pub mod source;
 
+pub use builder::ServiceBuilderExt;
 pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};
 pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use shutdown::Shutdown;

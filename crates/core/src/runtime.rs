@@ -1,0 +1,330 @@
+//! Drive a source through a service stack: backpressure, bounded in-flight work, panic
+//! isolation, graceful shutdown.
+//!
+//! [`Worker`] is the engine under every route of an [`App`](crate::app::App), and usable on
+//! its own:
+//!
+//! - it pulls the next delivery only when the stack is ready and fewer than
+//!   [`Worker::max_in_flight`] message futures are unfinished, so a slow handler slows
+//!   intake instead of piling messages up;
+//! - a panic in the stack is caught, logged and treated as that message's error; the route
+//!   keeps serving;
+//! - a source error is logged and counted, and the worker polls the source again (each
+//!   backend reconnects on its own);
+//! - when the [`Shutdown`] signal fires it stops intake, lets partial batches flush (the
+//!   [`Bulk`](crate::bulk::Bulk) layer watches the same signal), waits for in-flight work up
+//!   to the grace period, and drops what is still running — dropped batches requeue their
+//!   messages.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Stream, StreamExt};
+use tower::Service;
+
+use crate::metrics::RouteMetrics;
+use crate::{BoxError, Shutdown, Source, SourceContext};
+
+/// The default grace period for in-flight work at shutdown: 30 seconds.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// The default in-flight limit when neither the route nor the source sets one.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
+
+/// How a worker's run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Deliveries pulled from the source.
+    pub received: u64,
+    /// Message futures that completed with an error (or a panic).
+    pub failed: u64,
+    /// Message futures that panicked.
+    pub panicked: u64,
+    /// Errors the source reported.
+    pub source_errors: u64,
+    /// Message futures still running when the grace period ran out; their batches were
+    /// dropped and their messages requeued.
+    pub abandoned: u64,
+}
+
+/// Drives one source through one service stack. See the [module docs](self).
+#[must_use = "a worker does nothing until `run` is awaited"]
+pub struct Worker<Src, Svc> {
+    route: String,
+    source: Src,
+    service: Svc,
+    max_in_flight: Option<usize>,
+    shutdown: Shutdown,
+    grace: Duration,
+    metrics: Option<RouteMetrics>,
+    cx: Option<SourceContext>,
+}
+
+impl<Src, Svc> fmt::Debug for Worker<Src, Svc> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("route", &self.route)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Src, Svc> Worker<Src, Svc>
+where
+    Src: Source,
+    Svc: Service<Src::Message>,
+    Svc::Error: Into<BoxError>,
+{
+    /// A worker feeding `source` into `service` (a `Service<M>`: usually a
+    /// [`Bulk`](crate::bulk::Bulk) stack).
+    pub fn new(source: Src, service: Svc) -> Self {
+        Worker {
+            route: "default".to_owned(),
+            source,
+            service,
+            max_in_flight: None,
+            shutdown: Shutdown::new(),
+            grace: DEFAULT_GRACE_PERIOD,
+            metrics: None,
+            cx: None,
+        }
+    }
+
+    /// The route name used in logs and metrics (default `default`).
+    pub fn route(mut self, name: impl Into<String>) -> Self {
+        self.route = name.into();
+        self
+    }
+
+    /// Hold at most `n` unfinished message futures. Defaults to the source's own limit
+    /// ([`Source::max_in_flight`], the AMQP prefetch), else [`DEFAULT_MAX_IN_FLIGHT`]; a value
+    /// above the source's limit is lowered to it. A `Bulk` layer in the stack must be clamped
+    /// to the same number (the [`App`](crate::app::App) does this).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = Some(n.max(1));
+        self
+    }
+
+    /// The in-flight limit this worker will use.
+    pub fn effective_max_in_flight(&self) -> usize {
+        effective_in_flight(self.max_in_flight, self.source.max_in_flight())
+    }
+
+    /// Stop on this signal (default: a signal of the worker's own that never fires).
+    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// How long in-flight work may run after shutdown begins (default 30 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Record the in-flight gauge and source errors with these handles.
+    pub fn metrics(mut self, metrics: RouteMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Start the source with this context (default: a fresh one for the route and the
+    /// worker's shutdown signal).
+    pub fn source_context(mut self, cx: SourceContext) -> Self {
+        self.cx = Some(cx);
+        self
+    }
+
+    /// Run until the source ends, or until shutdown and the in-flight work is done or past
+    /// its grace period.
+    ///
+    /// # Errors
+    ///
+    /// When the service fails in `poll_ready` (it can no longer take work); in-flight work is
+    /// still waited for first.
+    pub async fn run(self) -> Result<WorkerReport, BoxError> {
+        let Worker {
+            route,
+            source,
+            mut service,
+            max_in_flight,
+            shutdown,
+            grace,
+            metrics,
+            cx,
+        } = self;
+        let limit = effective_in_flight(max_in_flight, source.max_in_flight());
+        let metrics = metrics.unwrap_or_else(|| RouteMetrics::new(crate::metrics::DEFAULT_NAMESPACE, &route));
+        let cx = cx.unwrap_or_else(|| SourceContext::new(route.as_str(), shutdown.clone()));
+        let stream = source.into_stream(cx);
+        let mut stream = pin!(stream);
+        let mut triggered = pin!(shutdown.triggered());
+        let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut in_flight = FuturesUnordered::new();
+        let mut report = WorkerReport::default();
+        let mut intake = true;
+        let mut service_error: Option<BoxError> = None;
+        let gauge = metrics.in_flight().clone();
+        tracing::info!(route = %route, max_in_flight = limit, "route started");
+
+        poll_fn(|cx| {
+            let mut budget = 256u32;
+            loop {
+                while let Poll::Ready(Some(outcome)) = in_flight.poll_next_unpin(cx) {
+                    gauge.decrement(1.0);
+                    match outcome {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            report.failed += 1;
+                            tracing::debug!(route = %route, %error, "message failed");
+                        }
+                        Err(payload) => {
+                            let payload: Box<dyn std::any::Any + Send> = payload;
+                            report.failed += 1;
+                            report.panicked += 1;
+                            tracing::error!(
+                                route = %route,
+                                panic = panic_message(&*payload),
+                                "stack panicked; the route keeps serving"
+                            );
+                        }
+                    }
+                }
+                if intake && triggered.as_mut().poll(cx).is_ready() {
+                    intake = false;
+                    tracing::info!(route = %route, in_flight = in_flight.len(), "shutdown: intake stopped");
+                }
+                if !intake && deadline.is_none() && shutdown.is_triggered() {
+                    deadline = Some(Box::pin(tokio::time::sleep(grace)));
+                }
+                if intake && in_flight.len() < limit {
+                    budget -= 1;
+                    if budget == 0 {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => match stream.as_mut().poll_next(cx) {
+                            Poll::Ready(Some(Ok(message))) => {
+                                report.received += 1;
+                                let call = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                    service.call(message)
+                                }));
+                                match call {
+                                    Ok(future) => {
+                                        gauge.increment(1.0);
+                                        in_flight.push(
+                                            AssertUnwindSafe(Erased { future }).catch_unwind(),
+                                        );
+                                    }
+                                    Err(payload) => {
+                                        report.failed += 1;
+                                        report.panicked += 1;
+                                        tracing::error!(
+                                            route = %route,
+                                            panic = panic_message(&*payload),
+                                            "stack panicked in call; the route keeps serving"
+                                        );
+                                    }
+                                }
+                                continue;
+                            }
+                            Poll::Ready(Some(Err(error))) => {
+                                report.source_errors += 1;
+                                metrics.source_error();
+                                let error: BoxError = error.into();
+                                tracing::warn!(route = %route, %error, "source error");
+                                continue;
+                            }
+                            Poll::Ready(None) => {
+                                intake = false;
+                                tracing::info!(route = %route, "source ended");
+                                continue;
+                            }
+                            Poll::Pending => {}
+                        },
+                        Poll::Ready(Err(error)) => {
+                            let error: BoxError = error.into();
+                            tracing::error!(route = %route, %error, "service failed; route stops taking messages");
+                            service_error = Some(error);
+                            intake = false;
+                            continue;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                if !intake && in_flight.is_empty() {
+                    return Poll::Ready(());
+                }
+                if let Some(timer) = deadline.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        report.abandoned = in_flight.len() as u64;
+                        gauge.decrement(in_flight.len() as f64);
+                        tracing::warn!(
+                            route = %route,
+                            abandoned = in_flight.len(),
+                            grace_secs = grace.as_secs_f64(),
+                            "grace period over; requeueing unfinished work"
+                        );
+                        in_flight.clear();
+                        return Poll::Ready(());
+                    }
+                }
+                return Poll::Pending;
+            }
+        })
+        .await;
+        tracing::info!(route = %route, received = report.received, failed = report.failed, "route stopped");
+        match service_error {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+}
+
+fn effective_in_flight(configured: Option<usize>, source: Option<usize>) -> usize {
+    match (configured, source) {
+        (Some(c), Some(s)) => c.min(s),
+        (Some(c), None) => c,
+        (None, Some(s)) => s,
+        (None, None) => DEFAULT_MAX_IN_FLIGHT,
+    }
+    .max(1)
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A message future with its response dropped and its error boxed.
+    struct Erased<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F, T, E> Future for Erased<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        self.project().future.poll(cx).map(|r| r.map(|_| ()).map_err(Into::into))
+    }
+}
