@@ -12,11 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::Config;
-use crate::{
-    Callback, Outcome, Report, ReportedError, Timing,
-    record::record,
-    report::Entries,
-};
+use crate::{Callback, Outcome, Report, ReportedError, Timing, record::record, report::Entries};
 
 pin_project! {
     /// The response future of [`TimeitService`](super::TimeitService): the inner future,
@@ -24,6 +20,10 @@ pin_project! {
     ///
     /// The histogram sample is recorded when the inner future completes, or, if this future
     /// is dropped before that, on drop with outcome `cancelled`.
+    ///
+    /// # Panics
+    ///
+    /// Polling it again after it returned `Ready` panics, as for most futures.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, C>
     where
