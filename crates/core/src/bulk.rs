@@ -52,14 +52,14 @@
 //! ```
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{FutureExt, Shared};
+use futures::future::{FutureExt, Shared, WeakShared};
 use futures::task::AtomicWaker;
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -266,7 +266,7 @@ where
 {
     inner: S,
     config: Arc<Config>,
-    open: Option<(Arc<Cell<M>>, Shared<BatchFuture<S, M>>)>,
+    open: Option<OpenBatch<S, M>>,
 }
 
 impl<S, M> Bulk<S, M>
@@ -309,6 +309,13 @@ where
             .finish()
     }
 }
+
+/// The batch being filled: its buffer and a weak handle to the future its messages share.
+///
+/// Only the message futures keep a batch alive: a batch whose futures were all dropped goes
+/// away at once and requeues its buffered messages, instead of waiting for more messages or
+/// for the service to be dropped.
+type OpenBatch<S, M> = (Arc<Cell<M>>, WeakShared<BatchFuture<S, M>>);
 
 /// The buffer of one batch, shared by [`Bulk`] (which fills it) and the batch future (which
 /// seals it on the timer or shutdown, then takes it).
@@ -363,13 +370,16 @@ where
             } else {
                 FlushReason::Size
             };
-            let future = BatchFuture::sealed(self.inner.clone(), config.clone(), vec![message], reason);
+            let future =
+                BatchFuture::sealed(self.inner.clone(), config.clone(), vec![message], reason);
             return ResponseFuture::direct(future);
         }
         let mut message = Some(message);
-        if let Some((cell, future)) = &self.open {
+        if let Some((cell, weak)) = &self.open {
             let mut state = cell.lock();
-            if state.sealed.is_none() {
+            // `upgrade` fails once every message future of the batch is gone; its guard is
+            // then sealing the cell (if it has not yet), so start a new batch.
+            if let Some(future) = weak.upgrade().filter(|_| state.sealed.is_none()) {
                 if let Some(m) = message.take() {
                     state.messages.push(m);
                 }
@@ -378,7 +388,6 @@ where
                 } else if shutting_down {
                     cell.seal(&mut state, FlushReason::Shutdown);
                 }
-                let future = future.clone();
                 let sealed = state.sealed.is_some();
                 drop(state);
                 if sealed {
@@ -399,7 +408,11 @@ where
             waker: AtomicWaker::new(),
         });
         let future = BatchFuture::open(self.inner.clone(), config.clone(), cell.clone()).shared();
-        self.open = (!shutting_down).then(|| (cell, future.clone()));
+        self.open = if shutting_down {
+            None
+        } else {
+            future.downgrade().map(|weak| (cell, weak))
+        };
         ResponseFuture::shared(future)
     }
 }
@@ -534,7 +547,9 @@ where
             BatchState::Running { .. } => "running",
             BatchState::Done => "done",
         };
-        f.debug_struct("BatchFuture").field("state", &state).finish()
+        f.debug_struct("BatchFuture")
+            .field("state", &state)
+            .finish()
     }
 }
 
