@@ -227,7 +227,10 @@ impl MemoryQueue {
 
     /// The payload of message `id`.
     pub fn payload(&self, id: MessageId) -> Option<Bytes> {
-        self.lock().records.get(id.0 as usize).map(|r| r.payload.clone())
+        self.lock()
+            .records
+            .get(id.0 as usize)
+            .map(|r| r.payload.clone())
     }
 
     /// Messages pushed so far.

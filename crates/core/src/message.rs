@@ -249,7 +249,9 @@ impl Settlement {
     /// As [`Settlement::settle`]; the error carries the action that was attempted.
     pub fn settle_marked_or(&self, default: Action) -> Result<Action, (Action, SettleError)> {
         let action = self.marked().unwrap_or(default);
-        self.settle(action).map(|()| action).map_err(|e| (action, e))
+        self.settle(action)
+            .map(|()| action)
+            .map_err(|e| (action, e))
     }
 }
 
@@ -310,7 +312,11 @@ pub trait Message: Clone + Send + Sync + 'static {
     /// Reject the message, putting it back in its queue when `requeue` is true — the twin of
     /// the Python original's `message.reject(requeue=...)`.
     fn reject_with(&self, requeue: bool) {
-        if requeue { self.requeue() } else { self.reject() }
+        if requeue {
+            self.requeue()
+        } else {
+            self.reject()
+        }
     }
 
     /// Mark the message with any [`Action`].
