@@ -1,0 +1,466 @@
+//! Behaviour of the Bulk layer under paused time: size flush, interval flush measured from the
+//! oldest message of each batch, the in-flight clamp, shutdown flush, the concurrent-batch
+//! limit and the flush-reason metrics.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use asyncworker_core::ack::AckLayer;
+use asyncworker_core::bulk::{Bulk, BulkLayer, FlushReason};
+use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
+use asyncworker_core::metrics::RouteMetrics;
+use asyncworker_core::runtime::Worker;
+use asyncworker_core::{Action, BoxError, Error, Shutdown};
+use futures::StreamExt;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, advance};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+/// What the handler saw: when each batch arrived (as an offset from the test's start) and
+/// which messages it held.
+#[derive(Clone)]
+struct Seen {
+    start: Instant,
+    batches: Arc<Mutex<Vec<(Duration, Vec<MessageId>)>>>,
+}
+
+impl Seen {
+    fn new() -> Self {
+        Seen {
+            start: Instant::now(),
+            batches: Arc::default(),
+        }
+    }
+
+    /// A handler that records each batch and succeeds.
+    fn handler(
+        &self,
+    ) -> impl Service<Vec<MemoryMessage>, Response = (), Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        let seen = self.clone();
+        service_fn(move |batch: Vec<MemoryMessage>| {
+            let seen = seen.clone();
+            async move {
+                let ids = batch.iter().map(MemoryMessage::id).collect();
+                seen.batches
+                    .lock()
+                    .expect("not poisoned")
+                    .push((seen.start.elapsed(), ids));
+                Ok::<(), BoxError>(())
+            }
+        })
+    }
+
+    fn batches(&self) -> Vec<(Duration, Vec<MessageId>)> {
+        self.batches.lock().expect("not poisoned").clone()
+    }
+
+    fn sizes(&self) -> Vec<usize> {
+        self.batches().iter().map(|(_, ids)| ids.len()).collect()
+    }
+}
+
+type Stack<H> = Bulk<asyncworker_core::ack::Ack<H>, MemoryMessage>;
+
+/// Hand `message` to the stack and drive its future on a task of its own.
+async fn submit<S>(stack: &mut S, message: MemoryMessage) -> JoinHandle<Result<(), BoxError>>
+where
+    S: Service<MemoryMessage, Response = (), Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    let future = stack
+        .ready()
+        .await
+        .expect("bulk is always ready")
+        .call(message);
+    let handle = tokio::spawn(future);
+    // Let the task register its timers before the test moves the clock.
+    tokio::task::yield_now().await;
+    handle
+}
+
+/// Push a message and take it from the queue, as a runtime would.
+async fn deliver(queue: &MemoryQueue) -> MemoryMessage {
+    let id = queue.push_bytes("x");
+    let message = queue
+        .source()
+        .next()
+        .await
+        .expect("queued")
+        .expect("infallible");
+    assert_eq!(message.id(), id);
+    message
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn stack<H>(layer: BulkLayer<MemoryMessage>, handler: H) -> Stack<H>
+where
+    H: Service<Vec<MemoryMessage>, Error = BoxError>,
+{
+    layer.layer(AckLayer::new().layer(handler))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_flushes_at_once_without_waiting_for_the_interval() {
+    let queue = MemoryQueue::new();
+    let seen = Seen::new();
+    let mut stack = stack(BulkLayer::new(3).expect("valid size"), seen.handler());
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(submit(&mut stack, deliver(&queue).await).await);
+    }
+    for handle in handles {
+        handle.await.expect("no panic").expect("batch ok");
+    }
+    assert_eq!(
+        seen.batches(),
+        vec![(
+            Duration::ZERO,
+            vec![MessageId(0), MessageId(1), MessageId(2)]
+        )]
+    );
+    assert!(
+        queue
+            .settlements()
+            .iter()
+            .all(|(_, a)| *a == Some(Action::Ack))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_interval_is_measured_from_the_oldest_message_of_each_batch() {
+    let queue = MemoryQueue::new();
+    let seen = Seen::new();
+    let layer = BulkLayer::new(10)
+        .expect("valid size")
+        .flush_interval(secs(60));
+    let mut stack = stack(layer, seen.handler());
+
+    let first = submit(&mut stack, deliver(&queue).await).await;
+    advance(secs(40)).await;
+    let second = submit(&mut stack, deliver(&queue).await).await;
+    advance(secs(19)).await;
+    tokio::task::yield_now().await;
+    assert!(seen.batches().is_empty(), "nothing flushed at t=59");
+
+    advance(secs(1)).await;
+    first.await.expect("no panic").expect("batch ok");
+    second.await.expect("no panic").expect("batch ok");
+    assert_eq!(
+        seen.batches(),
+        vec![(secs(60), vec![MessageId(0), MessageId(1)])],
+        "flushed at t=60 with both messages"
+    );
+
+    // A batch started at t=61 flushes at t=121: no fixed cadence (which would say t=120).
+    advance(secs(1)).await;
+    let third = submit(&mut stack, deliver(&queue).await).await;
+    advance(secs(59)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(seen.batches().len(), 1, "nothing flushed at t=120");
+    third.await.expect("no panic").expect("batch ok");
+    assert_eq!(seen.batches()[1], (secs(121), vec![MessageId(2)]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bulk_size_is_clamped_to_the_messages_that_can_be_in_flight() -> Result<(), Error> {
+    let layer = BulkLayer::<MemoryMessage>::new(512)?.max_in_flight(128);
+    assert_eq!(layer.effective_size(), 128);
+    assert_eq!(
+        BulkLayer::<MemoryMessage>::new(64)?
+            .max_in_flight(128)
+            .effective_size(),
+        64
+    );
+    assert_eq!(
+        BulkLayer::<MemoryMessage>::new(64)?
+            .max_in_flight(0)
+            .effective_size(),
+        64
+    );
+
+    let queue = MemoryQueue::new();
+    for _ in 0..256 {
+        queue.push_bytes("x");
+    }
+    queue.close();
+    let seen = Seen::new();
+    let stack = stack(layer, seen.handler());
+    assert_eq!(stack.effective_size(), 128);
+    Worker::new(queue.source(), stack)
+        .max_in_flight(128)
+        .run()
+        .await
+        .expect("worker runs");
+    assert_eq!(seen.sizes(), vec![128, 128]);
+    assert!(
+        seen.batches().iter().all(|(at, _)| at.is_zero()),
+        "full batches flush by size, with no wait for the interval"
+    );
+    assert_eq!(queue.outstanding(), 0);
+    Ok(())
+}
+
+#[test]
+fn invalid_sizes_fail_at_construction() {
+    assert!(matches!(
+        BulkLayer::<MemoryMessage>::new(0),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        BulkLayer::<MemoryMessage>::new(1)
+            .expect("valid size")
+            .max_concurrent_batches(0),
+        Err(Error::Config(_))
+    ));
+}
+
+/// A debugging recorder installed on this thread for the test's lifetime.
+struct Recorded {
+    snapshotter: Snapshotter,
+    _guard: metrics::LocalRecorderGuard<'static>,
+}
+
+impl Recorded {
+    fn install() -> Self {
+        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
+        Recorded {
+            snapshotter: recorder.snapshotter(),
+            _guard: metrics::set_default_local_recorder(recorder),
+        }
+    }
+
+    /// Every counter's value, read (and reset: the debugging recorder's snapshots drain
+    /// counters) at once.
+    fn counters(&self) -> Counters {
+        Counters(
+            self.snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .filter_map(|(k, _, _, v)| match v {
+                    DebugValue::Counter(n) => {
+                        let key = k.key();
+                        let labels = key
+                            .labels()
+                            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                            .collect();
+                        Some((key.name().to_owned(), labels, n))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+struct Counters(Vec<(String, Labels, u64)>);
+
+impl Counters {
+    /// The value of counter `name` for `route` with label `key=value`.
+    fn get(&self, name: &str, route: &str, key: &str, value: &str) -> u64 {
+        let has =
+            |labels: &Labels, k: &str, v: &str| labels.iter().any(|(lk, lv)| lk == k && lv == v);
+        self.0
+            .iter()
+            .find(|(n, labels, _)| {
+                n == name && has(labels, "route", route) && has(labels, key, value)
+            })
+            .map_or(0, |(_, _, v)| *v)
+    }
+
+    fn batches(&self, reason: FlushReason) -> u64 {
+        self.get(
+            "asyncworker_batches_total",
+            "bulk",
+            "reason",
+            reason.as_str(),
+        )
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_flushes_the_partial_batch_and_every_later_message() {
+    let recorded = Recorded::install();
+    let queue = MemoryQueue::new();
+    let seen = Seen::new();
+    let shutdown = Shutdown::new();
+    let layer = BulkLayer::new(10)
+        .expect("valid size")
+        .shutdown(shutdown.clone())
+        .metrics(RouteMetrics::new("asyncworker", "bulk"));
+    let mut stack = stack(layer, seen.handler());
+
+    let a = submit(&mut stack, deliver(&queue).await).await;
+    let b = submit(&mut stack, deliver(&queue).await).await;
+    advance(secs(5)).await;
+    shutdown.trigger();
+    a.await.expect("no panic").expect("batch ok");
+    b.await.expect("no panic").expect("batch ok");
+    assert_eq!(
+        seen.batches(),
+        vec![(secs(5), vec![MessageId(0), MessageId(1)])]
+    );
+
+    // After shutdown, a message is not held back for company.
+    let c = submit(&mut stack, deliver(&queue).await).await;
+    c.await.expect("no panic").expect("batch ok");
+    assert_eq!(seen.batches()[1], (secs(5), vec![MessageId(2)]));
+
+    let counters = recorded.counters();
+    assert_eq!(counters.batches(FlushReason::Shutdown), 2);
+    assert_eq!(counters.batches(FlushReason::Size), 0);
+    assert_eq!(counters.batches(FlushReason::Interval), 0);
+    assert_eq!(
+        counters.get(
+            "asyncworker_messages_settled_total",
+            "default",
+            "action",
+            "ack"
+        ),
+        3,
+        "Ack has its own (default-route) handles"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn flush_reasons_are_counted_in_metrics() {
+    let recorded = Recorded::install();
+    let queue = MemoryQueue::new();
+    let seen = Seen::new();
+    let shutdown = Shutdown::new();
+    let metrics = RouteMetrics::new("asyncworker", "bulk");
+    let layer = BulkLayer::new(2)
+        .expect("valid size")
+        .flush_interval(secs(10))
+        .shutdown(shutdown.clone())
+        .metrics(metrics.clone());
+    let mut stack = layer.layer(AckLayer::new().metrics(metrics).layer(seen.handler()));
+
+    // Two size flushes.
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(submit(&mut stack, deliver(&queue).await).await);
+    }
+    // One interval flush.
+    handles.push(submit(&mut stack, deliver(&queue).await).await);
+    for handle in handles.drain(..) {
+        handle.await.expect("no panic").expect("batch ok");
+    }
+    // One shutdown flush.
+    handles.push(submit(&mut stack, deliver(&queue).await).await);
+    shutdown.trigger();
+    for handle in handles {
+        handle.await.expect("no panic").expect("batch ok");
+    }
+
+    assert_eq!(seen.sizes(), vec![2, 2, 1, 1]);
+    let counters = recorded.counters();
+    assert_eq!(counters.batches(FlushReason::Size), 2);
+    assert_eq!(counters.batches(FlushReason::Interval), 1);
+    assert_eq!(counters.batches(FlushReason::Shutdown), 1);
+    assert_eq!(
+        counters.get(
+            "asyncworker_messages_settled_total",
+            "bulk",
+            "action",
+            "ack"
+        ),
+        6
+    );
+}
+
+/// Runs `messages` messages in full batches whose handler takes a second, and returns the
+/// most handler calls seen running at once.
+async fn peak_concurrency(layer: BulkLayer<MemoryMessage>, messages: usize) -> usize {
+    let batches = messages.div_ceil(layer.effective_size());
+    let queue = MemoryQueue::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (running, peak) = (running.clone(), peak.clone());
+        service_fn(move |_batch: Vec<MemoryMessage>| {
+            let (running, peak) = (running.clone(), peak.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(secs(1)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let mut stack = stack(layer, handler);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..messages {
+        handles.push(submit(&mut stack, deliver(&queue).await).await);
+    }
+    for handle in handles {
+        handle.await.expect("no panic").expect("batch ok");
+    }
+    let took = start.elapsed();
+    let peak = peak.load(Ordering::SeqCst);
+    assert_eq!(took, secs(batches.div_ceil(peak) as u64));
+    assert_eq!(queue.outstanding(), 0);
+    peak
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_concurrent_batches_limits_handler_calls_running_at_once() {
+    let limited = BulkLayer::new(1)
+        .expect("valid size")
+        .max_concurrent_batches(2)
+        .expect("valid limit");
+    assert_eq!(peak_concurrency(limited, 6).await, 2);
+
+    let limited = BulkLayer::new(2)
+        .expect("valid size")
+        .max_concurrent_batches(3)
+        .expect("valid limit");
+    assert_eq!(peak_concurrency(limited, 12).await, 3);
+
+    // Without a limit the same load runs all at once: the limit is what held it back.
+    let unlimited = BulkLayer::new(1).expect("valid size");
+    assert_eq!(peak_concurrency(unlimited, 6).await, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_made_from_one_layer_share_its_batch_limit() {
+    let queue = MemoryQueue::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (running, peak) = (running.clone(), peak.clone());
+        service_fn(move |_batch: Vec<MemoryMessage>| {
+            let (running, peak) = (running.clone(), peak.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(secs(1)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let layer = BulkLayer::new(1)
+        .expect("valid size")
+        .max_concurrent_batches(1)
+        .expect("valid limit");
+    let mut one = stack(layer.clone(), handler.clone());
+    let mut two = stack(layer, handler);
+    let a = submit(&mut one, deliver(&queue).await).await;
+    let b = submit(&mut two, deliver(&queue).await).await;
+    a.await.expect("no panic").expect("batch ok");
+    b.await.expect("no panic").expect("batch ok");
+    assert_eq!(peak.load(Ordering::SeqCst), 1);
+}
