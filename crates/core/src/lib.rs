@@ -6,6 +6,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod ack;
+pub mod app;
 pub mod builder;
 pub mod bulk;
 pub mod memory;
@@ -13,12 +14,16 @@ pub mod message;
 pub mod metrics;
 pub mod retry;
 pub mod runtime;
+pub mod settings;
 pub mod shutdown;
 pub mod source;
+pub mod ticks;
 
+pub use app::{App, RouteOptions, ShutdownHandle};
 pub use builder::ServiceBuilderExt;
 pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};
 pub use retry::{Retry, RetryConfig, RetryLayer};
+pub use settings::{Settings, init_logging};
 pub use shutdown::Shutdown;
 pub use source::{Readiness, Source, SourceContext};
 
@@ -43,6 +48,9 @@ pub enum Error {
     /// A startup hook failed.
     #[error("startup hook failed: {0}")]
     Startup(BoxError),
+    /// A second signal forced the shutdown before in-flight work finished.
+    #[error("shutdown forced by a second signal; unfinished messages were requeued")]
+    Forced,
 }
 
 impl Error {

@@ -117,7 +117,10 @@ where
         effective_in_flight(self.max_in_flight, self.source.max_in_flight())
     }
 
-    /// Stop on this signal (default: a signal of the worker's own that never fires).
+    /// Stop on this signal (default: a signal of the worker's own).
+    ///
+    /// The worker also fires it when the source ends, so that partial batches flush at once:
+    /// give each worker its own signal, derived with [`Shutdown::child`] from a shared one.
     pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
         self.shutdown = shutdown;
         self
@@ -161,8 +164,13 @@ where
             cx,
         } = self;
         let limit = effective_in_flight(max_in_flight, source.max_in_flight());
-        let metrics = metrics.unwrap_or_else(|| RouteMetrics::new(crate::metrics::DEFAULT_NAMESPACE, &route));
+        let metrics =
+            metrics.unwrap_or_else(|| RouteMetrics::new(crate::metrics::DEFAULT_NAMESPACE, &route));
         let cx = cx.unwrap_or_else(|| SourceContext::new(route.as_str(), shutdown.clone()));
+        let readiness = (!source.reports_readiness()).then(|| cx.readiness().clone());
+        if let Some(ready) = &readiness {
+            ready.set(true);
+        }
         let stream = source.into_stream(cx);
         let mut stream = pin!(stream);
         let mut triggered = pin!(shutdown.triggered());
@@ -245,7 +253,9 @@ where
                             }
                             Poll::Ready(None) => {
                                 intake = false;
-                                tracing::info!(route = %route, "source ended");
+                                tracing::info!(route = %route, "source ended; flushing");
+                                // Nothing more will come: let partial batches flush now.
+                                shutdown.trigger();
                                 continue;
                             }
                             Poll::Pending => {}
@@ -263,8 +273,10 @@ where
                 if !intake && in_flight.is_empty() {
                     return Poll::Ready(());
                 }
-                if let Some(timer) = deadline.as_mut() {
-                    if timer.as_mut().poll(cx).is_ready() {
+                if let Some(timer) = deadline.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    {
                         report.abandoned = in_flight.len() as u64;
                         gauge.decrement(in_flight.len() as f64);
                         tracing::warn!(
@@ -281,6 +293,9 @@ where
             }
         })
         .await;
+        if let Some(ready) = &readiness {
+            ready.set(false);
+        }
         tracing::info!(route = %route, received = report.received, failed = report.failed, "route stopped");
         match service_error {
             Some(error) => Err(error),
@@ -325,6 +340,9 @@ where
     type Output = Result<(), BoxError>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        self.project().future.poll(cx).map(|r| r.map(|_| ()).map_err(Into::into))
+        self.project()
+            .future
+            .poll(cx)
+            .map(|r| r.map(|_| ()).map_err(Into::into))
     }
 }

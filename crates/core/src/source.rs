@@ -39,6 +39,12 @@ pub trait Source: Send + 'static {
         None
     }
 
+    /// Whether the source sets [`SourceContext::readiness`] itself (true for sources that
+    /// connect to something). When false, the runtime marks the route ready while it runs.
+    fn reports_readiness(&self) -> bool {
+        false
+    }
+
     /// Start the source.
     fn into_stream(self, cx: SourceContext) -> Self::Stream;
 }

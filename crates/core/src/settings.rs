@@ -1,0 +1,259 @@
+//! Settings from the environment, under the Python original's `ASYNCWORKER_*` names.
+//!
+//! | variable | default | effect |
+//! |---|---|---|
+//! | `ASYNCWORKER_LOGLEVEL` | `info` | level of [`init_logging`]: `trace`, `debug`, `info`, `warn`/`warning`, `error`/`critical` (any case) |
+//! | `ASYNCWORKER_AMQP_DEFAULT_VHOST` | `/` | vhost of AMQP connections that name none |
+//! | `ASYNCWORKER_AMQP_DEFAULT_PORT` | `5672` | port of AMQP connections that name none |
+//! | `ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT` | `128` | prefetch of AMQP connections that set none |
+//! | `ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT` | `60` | heartbeat (seconds) of AMQP connections that set none — really sent to the broker |
+//! | `ASYNCWORKER_FLUSH_TIMEOUT` | `60` | flush interval (seconds, fractions allowed) of routes that set none |
+//! | `ASYNCWORKER_METRICS_NAMESPACE` | `asyncworker` | metric-name prefix |
+//! | `ASYNCWORKER_METRICS_APPPREFIX` | unset | appended to the prefix: `{namespace}_{appprefix}_...` |
+//!
+//! Precedence: a value set in code wins over the environment, which wins over the default.
+//! Every variable is read once, by [`Settings::from_env`] (which [`App::new`](crate::app::App::new)
+//! calls), and a malformed value is an error naming the variable — never silently ignored.
+//! (The original defaults the log level to `ERROR` and ignores `FLUSH_TIMEOUT` and the
+//! heartbeat; here all of them take effect, and `info` is the default so a worker says what
+//! it is doing.)
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// Framework settings. See the [module docs](self) for the variables and defaults.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// The log level for [`init_logging`].
+    pub log_level: tracing::Level,
+    /// Default AMQP vhost.
+    pub amqp_default_vhost: String,
+    /// Default AMQP port.
+    pub amqp_default_port: u16,
+    /// Default AMQP prefetch count.
+    pub amqp_default_prefetch: u16,
+    /// Default AMQP heartbeat, in seconds.
+    pub amqp_default_heartbeat: u16,
+    /// Default flush interval of routes.
+    pub flush_timeout: Duration,
+    /// Metric-name namespace.
+    pub metrics_namespace: String,
+    /// Optional application prefix after the namespace.
+    pub metrics_app_prefix: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            log_level: tracing::Level::INFO,
+            amqp_default_vhost: "/".to_owned(),
+            amqp_default_port: 5672,
+            amqp_default_prefetch: 128,
+            amqp_default_heartbeat: 60,
+            flush_timeout: crate::bulk::DEFAULT_FLUSH_INTERVAL,
+            metrics_namespace: crate::metrics::DEFAULT_NAMESPACE.to_owned(),
+            metrics_app_prefix: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Read the `ASYNCWORKER_*` variables over the defaults.
+    ///
+    /// # Errors
+    ///
+    /// When a variable is set to a value that cannot be used, naming the variable.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Settings::from_env`], reading variables through `lookup` (for tests and for
+    /// configuration systems of your own).
+    ///
+    /// # Errors
+    ///
+    /// As [`Settings::from_env`].
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let mut settings = Settings::default();
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        if let Some(v) = get("ASYNCWORKER_LOGLEVEL") {
+            settings.log_level = parse_level(&v).ok_or_else(|| {
+                invalid(
+                    "ASYNCWORKER_LOGLEVEL",
+                    &v,
+                    "trace, debug, info, warn, error",
+                )
+            })?;
+        }
+        if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_VHOST") {
+            settings.amqp_default_vhost = v;
+        }
+        if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_PORT") {
+            settings.amqp_default_port =
+                v.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    invalid("ASYNCWORKER_AMQP_DEFAULT_PORT", &v, "a port, 1-65535")
+                })?;
+        }
+        if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT") {
+            settings.amqp_default_prefetch =
+                v.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    invalid(
+                        "ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT",
+                        &v,
+                        "an integer, 1-65535",
+                    )
+                })?;
+        }
+        if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT") {
+            settings.amqp_default_heartbeat = v.parse().map_err(|_| {
+                invalid(
+                    "ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT",
+                    &v,
+                    "seconds, 0-65535 (0 disables)",
+                )
+            })?;
+        }
+        if let Some(v) = get("ASYNCWORKER_FLUSH_TIMEOUT") {
+            settings.flush_timeout = v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    invalid("ASYNCWORKER_FLUSH_TIMEOUT", &v, "seconds, e.g. 60 or 0.5")
+                })?;
+        }
+        if let Some(v) = get("ASYNCWORKER_METRICS_NAMESPACE") {
+            check_metric_word("ASYNCWORKER_METRICS_NAMESPACE", &v)?;
+            settings.metrics_namespace = v;
+        }
+        if let Some(v) = get("ASYNCWORKER_METRICS_APPPREFIX") {
+            check_metric_word("ASYNCWORKER_METRICS_APPPREFIX", &v)?;
+            settings.metrics_app_prefix = Some(v);
+        }
+        Ok(settings)
+    }
+
+    /// The metric-name prefix: the namespace, plus `_{appprefix}` when set.
+    pub fn metrics_prefix(&self) -> String {
+        match &self.metrics_app_prefix {
+            Some(app) => format!("{}_{}", self.metrics_namespace, app),
+            None => self.metrics_namespace.clone(),
+        }
+    }
+}
+
+fn invalid(name: &str, value: &str, expected: &str) -> Error {
+    Error::config(format!(
+        "{name}={value:?} is not valid: expected {expected}"
+    ))
+}
+
+fn check_metric_word(name: &str, value: &str) -> Result<(), Error> {
+    let ok = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            name,
+            value,
+            "letters, digits and underscores, not starting with a digit",
+        ))
+    }
+}
+
+fn parse_level(value: &str) -> Option<tracing::Level> {
+    Some(match value.to_ascii_lowercase().as_str() {
+        "trace" => tracing::Level::TRACE,
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warn" | "warning" => tracing::Level::WARN,
+        "error" | "critical" | "fatal" => tracing::Level::ERROR,
+        _ => return None,
+    })
+}
+
+/// Install a `tracing-subscriber` formatter at `settings.log_level` (`RUST_LOG`, when set,
+/// refines it per target). Does nothing if a global subscriber is already installed.
+pub fn init_logging(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::builder()
+        .with_default_directive(
+            tracing::level_filters::LevelFilter::from_level(settings.log_level).into(),
+        )
+        .from_env_lossy();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn defaults_without_environment() {
+        assert_eq!(
+            Settings::from_lookup(|_| None).unwrap(),
+            Settings::default()
+        );
+    }
+
+    #[test]
+    fn every_variable_takes_effect() {
+        let s = Settings::from_lookup(lookup(&[
+            ("ASYNCWORKER_LOGLEVEL", "WARNING"),
+            ("ASYNCWORKER_AMQP_DEFAULT_VHOST", "fluentd"),
+            ("ASYNCWORKER_AMQP_DEFAULT_PORT", "5673"),
+            ("ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT", "256"),
+            ("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "5"),
+            ("ASYNCWORKER_FLUSH_TIMEOUT", "0.5"),
+            ("ASYNCWORKER_METRICS_NAMESPACE", "acme"),
+            ("ASYNCWORKER_METRICS_APPPREFIX", "billing"),
+        ]))
+        .unwrap();
+        assert_eq!(s.log_level, tracing::Level::WARN);
+        assert_eq!(s.amqp_default_vhost, "fluentd");
+        assert_eq!(s.amqp_default_port, 5673);
+        assert_eq!(s.amqp_default_prefetch, 256);
+        assert_eq!(s.amqp_default_heartbeat, 5);
+        assert_eq!(s.flush_timeout, Duration::from_millis(500));
+        assert_eq!(s.metrics_prefix(), "acme_billing");
+    }
+
+    #[test]
+    fn malformed_value_is_an_error_naming_the_variable() {
+        for (name, value) in [
+            ("ASYNCWORKER_LOGLEVEL", "loud"),
+            ("ASYNCWORKER_AMQP_DEFAULT_PORT", "0"),
+            ("ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT", "-1"),
+            ("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "soon"),
+            ("ASYNCWORKER_FLUSH_TIMEOUT", "NaN"),
+            ("ASYNCWORKER_METRICS_NAMESPACE", "my-app"),
+        ] {
+            let err = Settings::from_lookup(lookup(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+}
