@@ -1,1 +1,62 @@
-//! asyncworker-amqp: work in progress.
+//! RabbitMQ for asyncworker, through [lapin]: consume a route's queues as an
+//! [`asyncworker_core::Source`], settle deliveries without blocking, reconnect with backoff.
+//!
+//! - [`AmqpConfig`]: how to reach a broker, from an `amqp://` / `amqps://` URL or a builder,
+//!   validated at build time; the password never shows in `Debug`, `Display` or logs.
+//!   [`Connections`] holds several, by name.
+//! - [`AmqpSource`]: a route's queues on a vhost, one channel per queue with
+//!   `basic.qos(prefetch)`; reconnects with a [`Backoff`]; cancels its consumers on shutdown
+//!   and keeps channels open until every handed-out message is settled.
+//! - [`AmqpMessage`]: body, typed JSON ([`AmqpMessage::decode_json`] rejects poison messages
+//!   instead of requeueing them forever), headers, properties, routing key, exchange,
+//!   redelivered flag, delivery tag, queue; the core's accept / reject / requeue marks, plus
+//!   [`Action::RequeueTail`](asyncworker_core::Action::RequeueTail): a copy goes to the tail of
+//!   the queue with a requeue counter, optionally capped.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use asyncworker_amqp::{AmqpConfig, AmqpSource};
+//! use asyncworker_core::{Action, Message, Shutdown, Source, SourceContext};
+//! use futures::StreamExt;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let config = AmqpConfig::from_url("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+//! let source = AmqpSource::builder(config, ["jobs"]).build()?;
+//! let shutdown = Shutdown::new();
+//! let mut stream = source.into_stream(SourceContext::new("jobs", shutdown.clone()));
+//! while let Some(item) = stream.next().await {
+//!     match item {
+//!         Ok(msg) => {
+//!             println!("{:?}", msg.text());
+//!             let _ = msg.settlement().settle_marked_or(Action::Ack);
+//!         }
+//!         Err(error) => eprintln!("{error}"),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backoff;
+mod config;
+mod consumer;
+mod error;
+mod message;
+mod settle;
+mod source;
+
+pub use backoff::Backoff;
+pub use config::{
+    AmqpConfig, AmqpConfigBuilder, Connections, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_HEARTBEAT,
+    DEFAULT_PREFETCH,
+};
+pub use error::{AmqpError, Endpoint};
+pub use message::{AmqpMessage, DecodeError, REQUEUE_COUNT_HEADER};
+pub use source::{AmqpSource, AmqpSourceBuilder, AmqpStream};
+
+/// The lapin version this crate is built on, re-exported so its types (properties, field
+/// tables, connections) can be named.
+pub use lapin;

@@ -1,0 +1,280 @@
+//! The errors an AMQP source reports.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The AMQP reply code for "access refused" (a wrong user name or password, or no permission on
+/// a resource).
+const ACCESS_REFUSED: u16 = 403;
+/// The AMQP reply code for "not found" (a queue or exchange that does not exist).
+const NOT_FOUND: u16 = 404;
+/// The AMQP reply code for "not allowed" (typically: no access to the virtual host).
+const NOT_ALLOWED: u16 = 530;
+
+/// Where a connection goes, for error messages and logs: scheme, user, host, port and vhost,
+/// never the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub(crate) tls: bool,
+    pub(crate) user: Arc<str>,
+    pub(crate) host: Arc<str>,
+    pub(crate) port: u16,
+    pub(crate) vhost: Arc<str>,
+}
+
+impl Endpoint {
+    /// The broker's host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The broker's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The virtual host.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// The user name (the password is never kept here).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Whether the connection uses TLS (`amqps://`).
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        write!(
+            f,
+            "{scheme}://{}@{}:{} vhost {:?}",
+            self.user, self.host, self.port, self.vhost
+        )
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({self})")
+    }
+}
+
+/// A recoverable error of an AMQP source: the stream yields it, logs it and keeps going
+/// (reconnecting, or retrying the queue, with backoff), except for [`AmqpError::GaveUp`], the
+/// last item of a stream whose reconnect policy ran out of attempts.
+///
+/// None of the messages contains a password.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AmqpError {
+    /// The broker refused the credentials (AMQP reply 403 during the handshake).
+    #[error(
+        "authentication refused by {endpoint}: check the user name and password \
+         (attempt {attempt})"
+    )]
+    AuthenticationRefused {
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// The connection attempt of this outage (1 for the first).
+        attempt: u32,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The user may not use the virtual host (AMQP reply 530), or it does not exist.
+    #[error(
+        "access to the virtual host refused by {endpoint}: does the vhost exist, and does the \
+         user have permissions on it? (attempt {attempt})"
+    )]
+    VhostRefused {
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// The connection attempt of this outage (1 for the first).
+        attempt: u32,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The connection could not be established (refused, unreachable, TLS failure, timeout).
+    #[error("cannot connect to {endpoint} (attempt {attempt}): {source}")]
+    Connect {
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// The connection attempt of this outage (1 for the first).
+        attempt: u32,
+        /// lapin's error.
+        source: lapin::Error,
+    },
+    /// An established connection was lost; the source reconnects.
+    #[error("connection to {endpoint} lost: {reason}")]
+    ConnectionLost {
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// What ended it, as far as the client can tell.
+        reason: String,
+    },
+    /// A queue of the route does not exist. The route's other queues keep being consumed;
+    /// this one is retried with backoff.
+    #[error("queue {queue:?} not found on {endpoint}; retrying in {retry_in:?}")]
+    QueueNotFound {
+        /// The missing queue.
+        queue: String,
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// The delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// The broker refused to let the user consume the queue (AMQP reply 403).
+    #[error("access to queue {queue:?} refused by {endpoint}; retrying in {retry_in:?}")]
+    QueueAccessRefused {
+        /// The queue.
+        queue: String,
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// The delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// Opening a channel on, or consuming from, a queue failed for another reason; retried
+    /// with backoff.
+    #[error("cannot consume queue {queue:?} on {endpoint}; retrying in {retry_in:?}: {source}")]
+    Consume {
+        /// The queue.
+        queue: String,
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// The delay before the next attempt.
+        retry_in: Duration,
+        /// lapin's error.
+        source: lapin::Error,
+    },
+    /// A queue's consumer ended while the connection stayed up (the queue was deleted, the
+    /// broker cancelled the consumer, or the channel was closed by an error); the queue is
+    /// consumed again on a new channel.
+    #[error("consumer of queue {queue:?} on {endpoint} ended: {reason}")]
+    ConsumerEnded {
+        /// The queue.
+        queue: String,
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// Why, as far as the client can tell.
+        reason: String,
+    },
+    /// The reconnect policy's attempts ran out: the stream ends after this item.
+    #[error("giving up on {endpoint} after {attempts} failed connection attempts: {last}")]
+    GaveUp {
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// How many attempts failed.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<AmqpError>,
+    },
+}
+
+impl AmqpError {
+    /// Classify a failed connection attempt.
+    pub(crate) fn connect(endpoint: Endpoint, attempt: u32, source: lapin::Error) -> Self {
+        match reply_code(&source) {
+            Some(ACCESS_REFUSED) => AmqpError::AuthenticationRefused {
+                endpoint,
+                attempt,
+                source,
+            },
+            Some(NOT_ALLOWED) => AmqpError::VhostRefused {
+                endpoint,
+                attempt,
+                source,
+            },
+            _ => AmqpError::Connect {
+                endpoint,
+                attempt,
+                source,
+            },
+        }
+    }
+
+    /// Classify a failed `basic.consume` (or channel open) on `queue`.
+    pub(crate) fn consume(
+        endpoint: Endpoint,
+        queue: &str,
+        retry_in: Duration,
+        source: lapin::Error,
+    ) -> Self {
+        let queue = queue.to_owned();
+        match reply_code(&source) {
+            Some(NOT_FOUND) => AmqpError::QueueNotFound {
+                queue,
+                endpoint,
+                retry_in,
+            },
+            Some(ACCESS_REFUSED) => AmqpError::QueueAccessRefused {
+                queue,
+                endpoint,
+                retry_in,
+            },
+            _ => AmqpError::Consume {
+                queue,
+                endpoint,
+                retry_in,
+                source,
+            },
+        }
+    }
+
+    /// The endpoint the error concerns.
+    pub fn endpoint(&self) -> &Endpoint {
+        match self {
+            AmqpError::AuthenticationRefused { endpoint, .. }
+            | AmqpError::VhostRefused { endpoint, .. }
+            | AmqpError::Connect { endpoint, .. }
+            | AmqpError::ConnectionLost { endpoint, .. }
+            | AmqpError::QueueNotFound { endpoint, .. }
+            | AmqpError::QueueAccessRefused { endpoint, .. }
+            | AmqpError::Consume { endpoint, .. }
+            | AmqpError::ConsumerEnded { endpoint, .. }
+            | AmqpError::GaveUp { endpoint, .. } => endpoint,
+        }
+    }
+
+    /// The queue the error concerns, for queue-level errors.
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            AmqpError::QueueNotFound { queue, .. }
+            | AmqpError::QueueAccessRefused { queue, .. }
+            | AmqpError::Consume { queue, .. }
+            | AmqpError::ConsumerEnded { queue, .. } => Some(queue),
+            _ => None,
+        }
+    }
+
+    /// A short stable name of the error kind, used as a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AmqpError::AuthenticationRefused { .. } => "authentication_refused",
+            AmqpError::VhostRefused { .. } => "vhost_refused",
+            AmqpError::Connect { .. } => "connect",
+            AmqpError::ConnectionLost { .. } => "connection_lost",
+            AmqpError::QueueNotFound { .. } => "queue_not_found",
+            AmqpError::QueueAccessRefused { .. } => "queue_access_refused",
+            AmqpError::Consume { .. } => "consume",
+            AmqpError::ConsumerEnded { .. } => "consumer_ended",
+            AmqpError::GaveUp { .. } => "gave_up",
+        }
+    }
+}
+
+/// The AMQP reply code of a protocol error, if `error` is one.
+pub(crate) fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    }
+}
