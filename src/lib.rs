@@ -1,4 +1,87 @@
-//! facade
+//! Asynchronous message workers on [tower]: drain RabbitMQ queues (and other sources) in
+//! batches, with acknowledgement policies, retry, timing and a graceful shutdown.
+//!
+//! A worker is a set of *routes*. Each route is a **source** — a `Stream` of deliveries: a
+//! RabbitMQ consumer, a schedule of ticks, an in-memory queue — feeding a **handler**
+//! through a stack of tower layers:
+//!
+//! ```text
+//! source ──▶ Bulk ──▶ Ack ──▶ (Timeit) ──▶ Retry ──▶ handler(Vec<M>)
+//!            batches   settles  times       re-runs
+//! ```
+//!
+//! - [`bulk::Bulk`] groups single deliveries into `Vec<M>`: a batch goes to the handler when
+//!   it is full, when its oldest message has waited the flush interval, or at shutdown.
+//! - [`ack::Ack`] settles every message exactly once after the handler: its explicit mark
+//!   ([`Message::accept`], [`Message::reject`], [`Message::requeue`]) if it has one, else
+//!   the route policy — ack on success, requeue on error, as the Python original does.
+//! - [`retry::Retry`] re-runs a failed batch with exponential backoff and jitter.
+//! - the handler is an `async fn(Vec<M>) -> Result<(), E>` or any `Service<Vec<M>>`.
+//!
+//! The same layers work for every backend, and tower's own (`Timeout`, `ConcurrencyLimit`,
+//! `RateLimit`, ...) drop into the stack. [`App`] is the flask-like face on top: routes with
+//! options, startup and shutdown hooks, scheduled tasks, SIGINT/SIGTERM handling with a
+//! graceful drain.
+//!
+//! # Example
+//!
+//! ```
+//! use asyncworker::{App, Message, RouteOptions, memory::{MemoryMessage, MemoryQueue}};
+//!
+//! async fn drain_handler(messages: Vec<MemoryMessage>) -> Result<(), std::io::Error> {
+//!     for message in &messages {
+//!         match message.json::<serde_json::Value>() {
+//!             Ok(body) => println!("{body}"),
+//!             Err(_) => message.reject(), // not JSON: drop it instead of requeueing forever
+//!         }
+//!     }
+//!     Ok(()) // unmarked messages are acked
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), asyncworker::Error> {
+//! let queue = MemoryQueue::new();
+//! queue.push_json(&serde_json::json!({"count": 1})).unwrap();
+//! queue.close();
+//!
+//! let mut app = App::new();
+//! app.route("counts", queue.source(), RouteOptions::new().bulk_size(100), drain_handler);
+//! app.run().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | *(always)* | the core: messages and settlement, [`bulk`], [`ack`], [`retry`], [`runtime`], [`App`], [`ticks`], the in-memory source ([`memory`]), [`settings`] |
+//! | `amqp` | [`amqp`]: RabbitMQ through `lapin` — consume, settle, reconnect, publish with confirms |
+//! | `sse` | `sse`: Server-Sent Events sources (not yet implemented) |
+//! | `timeit` | [`timeit`]: `Timeit` scopes and `TimeitLayer`, exported through `metrics` |
+//! | `full` | all of the above |
+//!
+//! [tower]: https://docs.rs/tower
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use asyncworker_core::{
+    Action, App, BoxError, Error, Message, Readiness, RouteOptions, ServiceBuilderExt, Settle,
+    SettleError, Settlement, Settings, Shutdown, ShutdownHandle, Source, SourceContext,
+    init_logging,
+};
+pub use asyncworker_core::{
+    ack, app, builder, bulk, memory, message, metrics, retry, runtime, settings, shutdown, source,
+    ticks,
+};
+
+/// RabbitMQ through `lapin` (the `asyncworker-amqp` crate; feature `amqp`).
+#[cfg(feature = "amqp")]
+pub use asyncworker_amqp as amqp;
+
+/// Server-Sent Events (the `asyncworker-sse` crate; feature `sse`).
+#[cfg(feature = "sse")]
+pub use asyncworker_sse as sse;
 
 /// Timeit: timed scopes with nested transactions, the `TimeitLayer` tower layer, and export
 /// through `metrics` (the `asyncworker-timeit` crate; feature `timeit`).
