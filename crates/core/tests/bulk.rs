@@ -23,8 +23,11 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 #[derive(Clone)]
 struct Seen {
     start: Instant,
-    batches: Arc<Mutex<Vec<(Duration, Vec<MessageId>)>>>,
+    batches: Arc<Mutex<Vec<Batch>>>,
 }
+
+/// When a batch reached the handler (from the test's start), and its messages.
+type Batch = (Duration, Vec<MessageId>);
 
 impl Seen {
     fn new() -> Self {
@@ -55,7 +58,7 @@ impl Seen {
         })
     }
 
-    fn batches(&self) -> Vec<(Duration, Vec<MessageId>)> {
+    fn batches(&self) -> Vec<Batch> {
         self.batches.lock().expect("not poisoned").clone()
     }
 
