@@ -304,6 +304,9 @@ pub struct Health {
 #[derive(Default)]
 struct HealthInner {
     state: Mutex<HealthState>,
+    /// The app's shutdown signal: readiness ends the moment it fires, not when the app's
+    /// tasks next get to run.
+    shutdown: Shutdown,
 }
 
 #[derive(Default)]
@@ -325,6 +328,15 @@ pub struct RouteHealth {
 }
 
 impl Health {
+    fn new(shutdown: Shutdown) -> Self {
+        Health {
+            inner: Arc::new(HealthInner {
+                state: Mutex::default(),
+                shutdown,
+            }),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -337,7 +349,10 @@ impl Health {
     /// Startup hooks are done, shutdown has not begun, and every route is consuming.
     pub fn is_ready(&self) -> bool {
         let state = self.lock();
-        state.started && !state.stopping && state.routes.iter().all(|(_, r)| r.get())
+        state.started
+            && !state.stopping
+            && !self.inner.shutdown.is_triggered()
+            && state.routes.iter().all(|(_, r)| r.get())
     }
 
     /// Each route's readiness.
@@ -426,15 +441,16 @@ impl App {
         let settings = Settings::from_env()
             .map(Arc::new)
             .map_err(|e| e.to_string());
+        let shutdown = Shutdown::new();
         App {
             routes: Vec::new(),
             startup: Vec::new(),
             shutdown_hooks: Vec::new(),
             settings,
-            shutdown: Shutdown::new(),
+            health: Health::new(shutdown.clone()),
+            shutdown,
             grace: DEFAULT_GRACE_PERIOD,
             signals: true,
-            health: Health::default(),
         }
     }
 
