@@ -1,0 +1,867 @@
+//! Behaviour of [`App`] over the in-memory source: backpressure, hooks, graceful shutdown,
+//! panic isolation, configuration errors, route metrics and health. Timers run on paused
+//! time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use asyncworker_core::app::{App, RouteOptions};
+use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
+use asyncworker_core::{Action, BoxError, Error, Message, Settings};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::{Instant, sleep};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// An app with default settings (not the environment's) and no signal handlers.
+fn app() -> App {
+    App::new()
+        .with_settings(Settings::default())
+        .handle_signals(false)
+}
+
+/// Settlements recorded so far, redeliveries included.
+fn settled(queue: &MemoryQueue) -> usize {
+    (0..queue.len() as u64)
+        .map(|i| queue.settlement_history(MessageId(i)).len())
+        .sum()
+}
+
+/// The last settlement of every message, in push order.
+fn settlements(queue: &MemoryQueue) -> Vec<Option<Action>> {
+    queue.settlements().into_iter().map(|(_, a)| a).collect()
+}
+
+fn ids(batch: &[MemoryMessage]) -> Vec<u64> {
+    batch.iter().map(|m| m.id().0).collect()
+}
+
+fn text(message: &MemoryMessage) -> &str {
+    std::str::from_utf8(message.payload()).unwrap_or("")
+}
+
+/// Shared record of what handlers saw.
+#[derive(Clone, Default)]
+struct Log<T>(Arc<Mutex<Vec<T>>>);
+
+impl<T: Clone> Log<T> {
+    fn push(&self, item: T) {
+        self.0.lock().unwrap().push(item);
+    }
+
+    fn get(&self) -> Vec<T> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backpressure
+
+#[tokio::test(start_paused = true)]
+async fn a_route_never_pulls_more_than_max_in_flight_ahead_of_settlement() {
+    for (bulk, limit) in [(1, 3), (2, 4), (4, 4)] {
+        let queue = MemoryQueue::new();
+        for i in 0..24 {
+            queue.push_bytes(format!("{i}"));
+        }
+        queue.close();
+        let gate = Arc::new(Semaphore::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let mut app = app();
+        app.route(
+            "backpressure",
+            queue.source(),
+            RouteOptions::new().bulk_size(bulk).max_in_flight(limit),
+            {
+                let (gate, peak, queue) = (gate.clone(), peak.clone(), queue.clone());
+                move |_batch: Vec<MemoryMessage>| {
+                    let (gate, peak, queue) = (gate.clone(), peak.clone(), queue.clone());
+                    async move {
+                        peak.fetch_max(queue.delivered() - settled(&queue), Ordering::SeqCst);
+                        gate.acquire().await.expect("open").forget();
+                        Ok::<(), BoxError>(())
+                    }
+                }
+            },
+        );
+        let run = tokio::spawn(app.run());
+
+        // Every handler is blocked: intake stops at the limit, however long we wait.
+        sleep(secs(3600)).await;
+        assert_eq!(queue.delivered(), limit, "bulk {bulk}");
+        assert_eq!(queue.outstanding(), limit, "bulk {bulk}");
+
+        // Release one batch at a time; each settlement lets only that many more in.
+        for _ in 0..24 / bulk {
+            gate.add_permits(1);
+            sleep(secs(1)).await;
+            let ahead = queue.delivered() - settled(&queue);
+            assert!(ahead <= limit, "bulk {bulk}: {ahead} ahead of settlement");
+        }
+        run.await.expect("no panic").expect("app runs");
+        assert_eq!(peak.load(Ordering::SeqCst), limit, "bulk {bulk}");
+        assert_eq!(queue.delivered(), 24);
+        assert!(settlements(&queue).iter().all(|a| *a == Some(Action::Ack)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hooks
+
+#[tokio::test(start_paused = true)]
+async fn startup_hooks_all_finish_before_the_first_delivery() {
+    let queue = MemoryQueue::new();
+    for p in ["a", "b", "c"] {
+        queue.push_bytes(p);
+    }
+    queue.close();
+    let started = Arc::new(AtomicBool::new(false));
+    let hooks = Log::<(&str, usize)>::default();
+    let seen = Log::<(bool, Duration)>::default();
+    let t0 = Instant::now();
+
+    let mut app = app();
+    app.on_startup({
+        let (hooks, queue) = (hooks.clone(), queue.clone());
+        move || async move {
+            sleep(secs(10)).await;
+            hooks.push(("slow", queue.delivered()));
+            Ok::<(), BoxError>(())
+        }
+    });
+    app.on_startup({
+        let (hooks, queue, started) = (hooks.clone(), queue.clone(), started.clone());
+        move || async move {
+            sleep(secs(5)).await;
+            hooks.push(("second", queue.delivered()));
+            started.store(true, Ordering::SeqCst);
+            Ok::<(), BoxError>(())
+        }
+    });
+    app.route("r", queue.source(), RouteOptions::new(), {
+        let (seen, started) = (seen.clone(), started.clone());
+        move |_batch: Vec<MemoryMessage>| {
+            let (seen, started) = (seen.clone(), started.clone());
+            async move {
+                seen.push((started.load(Ordering::SeqCst), t0.elapsed()));
+                Ok::<(), BoxError>(())
+            }
+        }
+    });
+    app.run().await.expect("app runs");
+
+    assert_eq!(
+        hooks.get(),
+        [("slow", 0), ("second", 0)],
+        "in order, nothing delivered"
+    );
+    let seen = seen.get();
+    assert_eq!(seen.len(), 3);
+    for (flag, at) in seen {
+        assert!(flag, "a delivery before the startup hooks finished");
+        assert!(at >= secs(15), "delivered at {at:?}");
+    }
+    assert!(settlements(&queue).iter().all(|a| *a == Some(Action::Ack)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_startup_hook_aborts_run_and_nothing_is_delivered() {
+    let queue = MemoryQueue::new();
+    queue.push_bytes("a");
+    queue.close();
+    let later_hook_ran = Arc::new(AtomicBool::new(false));
+    let handled = Arc::new(AtomicUsize::new(0));
+
+    let mut app = app();
+    app.on_startup(|| async { Err::<(), _>(std::io::Error::other("database unreachable")) });
+    app.on_startup({
+        let ran = later_hook_ran.clone();
+        move || async move {
+            ran.store(true, Ordering::SeqCst);
+            Ok::<(), BoxError>(())
+        }
+    });
+    app.route("r", queue.source(), RouteOptions::new(), {
+        let handled = handled.clone();
+        move |_batch: Vec<MemoryMessage>| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<(), BoxError>(()) }
+        }
+    });
+
+    let err = app.run().await.expect_err("startup fails");
+    assert!(matches!(err, Error::Startup(_)), "{err:?}");
+    assert!(err.to_string().contains("database unreachable"), "{err}");
+    assert!(!later_hook_ran.load(Ordering::SeqCst));
+    assert_eq!(handled.load(Ordering::SeqCst), 0);
+    assert_eq!(queue.delivered(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_hooks_run_once_in_order_after_every_route_has_stopped() {
+    let queue = MemoryQueue::new();
+    for p in ["a", "b"] {
+        queue.push_bytes(p);
+    }
+    queue.close();
+    let ran = Log::<(u32, usize)>::default();
+
+    let mut app = app();
+    app.route("r", queue.source(), RouteOptions::new(), |_batch| async {
+        sleep(secs(2)).await;
+        Ok::<(), BoxError>(())
+    });
+    for i in 1..=3 {
+        let (ran, queue) = (ran.clone(), queue.clone());
+        app.on_shutdown(move || async move {
+            ran.push((i, queue.outstanding()));
+            if i == 2 {
+                return Err(std::io::Error::other("flush failed"));
+            }
+            Ok(())
+        });
+    }
+    app.run()
+        .await
+        .expect("a failing shutdown hook does not fail run");
+
+    assert_eq!(
+        ran.get(),
+        [(1, 0), (2, 0), (3, 0)],
+        "each once, in order, after settlement; an error does not stop the rest"
+    );
+    assert!(settlements(&queue).iter().all(|a| *a == Some(Action::Ack)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Graceful shutdown
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_the_in_flight_batch_and_flushes_the_partial_one() {
+    let metrics = Recorded::install();
+    let queue = MemoryQueue::new();
+    for i in 0..4 {
+        queue.push_bytes(format!("{i}"));
+    }
+    let batches = Log::<(Vec<u64>, Duration)>::default();
+    let t0 = Instant::now();
+
+    let mut app = app();
+    app.route(
+        "orders",
+        queue.source(),
+        RouteOptions::new().bulk_size(3),
+        {
+            let batches = batches.clone();
+            move |batch: Vec<MemoryMessage>| {
+                let batches = batches.clone();
+                async move {
+                    batches.push((ids(&batch), t0.elapsed()));
+                    sleep(secs(5)).await;
+                    Ok::<(), BoxError>(())
+                }
+            }
+        },
+    );
+    let handle = app.shutdown_handle();
+    let run = tokio::spawn(app.run());
+
+    sleep(secs(1)).await;
+    // One full batch is running, message 3 waits in a partial batch (60 s flush interval).
+    assert_eq!(batches.get(), [(vec![0, 1, 2], secs(0))]);
+    assert_eq!(queue.outstanding(), 4);
+
+    handle.shutdown();
+    assert!(handle.is_shutting_down());
+    let late = queue.push_bytes("late");
+    run.await
+        .expect("no panic")
+        .expect("graceful shutdown is Ok");
+
+    assert_eq!(
+        batches.get(),
+        [(vec![0, 1, 2], secs(0)), (vec![3], secs(1))],
+        "the partial batch is flushed when shutdown begins"
+    );
+    assert_eq!(
+        t0.elapsed(),
+        secs(6),
+        "waits for the handlers, not the grace period"
+    );
+    for id in 0..4 {
+        assert_eq!(queue.settlement(MessageId(id)), Some(Action::Ack), "#{id}");
+    }
+    assert_eq!(queue.outstanding(), 0);
+    // Intake stopped: a message pushed after shutdown began stays in the queue.
+    assert_eq!(queue.settlement(late), None);
+    assert_eq!(queue.ready(), 1);
+
+    let m = metrics.read();
+    assert_eq!(
+        m.counter("asyncworker_batches_total", "orders", "reason", "size"),
+        1
+    );
+    assert_eq!(
+        m.counter("asyncworker_batches_total", "orders", "reason", "shutdown"),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
+    let queue = MemoryQueue::new();
+    for p in ["stuck", "stuck", "fine"] {
+        queue.push_bytes(p);
+    }
+    let t0 = Instant::now();
+
+    let mut app = app().grace_period(secs(2));
+    app.route(
+        "r",
+        queue.source(),
+        RouteOptions::new().bulk_size(2),
+        |batch: Vec<MemoryMessage>| async move {
+            if batch.iter().any(|m| text(m) == "stuck") {
+                std::future::pending::<()>().await;
+            }
+            Ok::<(), BoxError>(())
+        },
+    );
+    let shutdown_saw = Arc::new(Mutex::new(None));
+    app.on_shutdown({
+        let (queue, saw) = (queue.clone(), shutdown_saw.clone());
+        move || async move {
+            *saw.lock().unwrap() = Some(queue.outstanding());
+            Ok::<(), BoxError>(())
+        }
+    });
+    let handle = app.shutdown_handle();
+    let run = tokio::spawn(app.run());
+
+    sleep(secs(1)).await;
+    assert_eq!(queue.outstanding(), 3);
+    handle.shutdown();
+    run.await
+        .expect("no panic")
+        .expect("graceful shutdown is Ok");
+
+    assert_eq!(
+        t0.elapsed(),
+        secs(3),
+        "stops when the 2 s grace period runs out"
+    );
+    assert_eq!(
+        settlements(&queue),
+        [
+            Some(Action::Requeue),
+            Some(Action::Requeue),
+            Some(Action::Ack)
+        ]
+    );
+    assert_eq!(queue.outstanding(), 0);
+    assert_eq!(
+        *shutdown_saw.lock().unwrap(),
+        Some(0),
+        "hooks run after settlement"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Panic isolation
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_does_not_stop_the_route() {
+    for bulk in [1, 2] {
+        let queue = MemoryQueue::new();
+        for p in ["ok", "ok", "boom", "ok", "ok", "sync-boom", "ok", "ok"] {
+            queue.push_bytes(p);
+        }
+        queue.close();
+        let handled = Log::<Vec<u64>>::default();
+        let mut app = app();
+        app.route("r", queue.source(), RouteOptions::new().bulk_size(bulk), {
+            let handled = handled.clone();
+            move |batch: Vec<MemoryMessage>| {
+                // A panic before the future exists...
+                assert!(!batch.iter().any(|m| text(m) == "sync-boom"), "sync boom");
+                let handled = handled.clone();
+                async move {
+                    // ...and one while it runs.
+                    if batch.iter().any(|m| text(m) == "boom") {
+                        panic!("boom");
+                    }
+                    handled.push(ids(&batch));
+                    Ok::<(), BoxError>(())
+                }
+            }
+        });
+        app.run().await.expect("the route keeps serving");
+
+        let expected: &[Option<Action>] = if bulk == 1 {
+            &[
+                Some(Action::Ack),
+                Some(Action::Ack),
+                Some(Action::Requeue),
+                Some(Action::Ack),
+                Some(Action::Ack),
+                Some(Action::Requeue),
+                Some(Action::Ack),
+                Some(Action::Ack),
+            ]
+        } else {
+            // Batches [0,1] [2,3] [4,5] [6,7]: the panicking batches are requeued whole.
+            &[
+                Some(Action::Ack),
+                Some(Action::Ack),
+                Some(Action::Requeue),
+                Some(Action::Requeue),
+                Some(Action::Requeue),
+                Some(Action::Requeue),
+                Some(Action::Ack),
+                Some(Action::Ack),
+            ]
+        };
+        assert_eq!(settlements(&queue), expected, "bulk {bulk}");
+        assert_eq!(
+            handled.get().concat().last(),
+            Some(&7),
+            "bulk {bulk}: later messages are handled"
+        );
+        assert_eq!(queue.outstanding(), 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration errors
+
+/// Runs `configure`d app on a closed queue and returns its error; checks no startup hook ran
+/// and nothing was delivered.
+async fn config_error(configure: impl FnOnce(&mut App, &MemoryQueue)) -> Error {
+    let queue = MemoryQueue::new();
+    queue.push_bytes("a");
+    queue.close();
+    let hook_ran = Arc::new(AtomicBool::new(false));
+    let mut app = app();
+    app.on_startup({
+        let ran = hook_ran.clone();
+        move || async move {
+            ran.store(true, Ordering::SeqCst);
+            Ok::<(), BoxError>(())
+        }
+    });
+    configure(&mut app, &queue);
+    let err = app.run().await.expect_err("configuration is invalid");
+    assert!(!hook_ran.load(Ordering::SeqCst), "started despite {err}");
+    assert_eq!(queue.delivered(), 0, "delivered despite {err}");
+    err
+}
+
+async fn ok(_batch: Vec<MemoryMessage>) -> Result<(), BoxError> {
+    Ok(())
+}
+
+fn route_name(err: &Error) -> &str {
+    match err {
+        Error::Route { route, .. } => route,
+        other => panic!("expected a route error, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bulk_size_of_zero_fails_run_naming_the_route() {
+    let err = config_error(|app, queue| {
+        app.route("fine", queue.source(), RouteOptions::new(), ok);
+        app.route(
+            "orders",
+            queue.source(),
+            RouteOptions::new().bulk_size(0),
+            ok,
+        );
+    })
+    .await;
+    assert_eq!(route_name(&err), "orders");
+    let text = err.to_string();
+    assert!(
+        text.contains("orders") && text.contains("bulk size"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_invalid_route_options_fail_run_naming_the_route() {
+    for (options, words) in [
+        (RouteOptions::new().max_in_flight(0), "in flight"),
+        (
+            RouteOptions::new().max_concurrent_batches(0),
+            "concurrent batches",
+        ),
+    ] {
+        let err = config_error(|app, queue| {
+            app.route("orders", queue.source(), options, ok);
+        })
+        .await;
+        assert_eq!(route_name(&err), "orders");
+        assert!(err.to_string().contains(words), "{err}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_route_names_fail_run_naming_the_route() {
+    let err = config_error(|app, queue| {
+        app.route("orders", queue.source(), RouteOptions::new(), ok);
+        app.route("orders", queue.source(), RouteOptions::new(), ok);
+    })
+    .await;
+    assert_eq!(route_name(&err), "orders");
+    assert!(err.to_string().contains("same name"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_run_every_interval_fails_run_naming_the_schedule() {
+    let err = config_error(|app, _queue| {
+        app.run_every(Duration::ZERO, || async { Ok::<(), BoxError>(()) });
+    })
+    .await;
+    assert!(route_name(&err).starts_with("run_every"), "{err}");
+    assert!(err.to_string().contains("interval"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_stack_builder_fails_run_naming_the_route() {
+    let queue = MemoryQueue::new();
+    queue.push_bytes("a");
+    queue.close();
+    let mut app = app();
+    app.route_stack("custom", queue.source(), |cx| {
+        let bulk = cx.bulk_layer::<MemoryMessage>(0)?;
+        Ok(tower::ServiceBuilder::new()
+            .layer(bulk)
+            .layer(cx.ack_layer())
+            .service(tower::service_fn(ok)))
+    });
+    let err = app.run().await.expect_err("the stack cannot be built");
+    assert_eq!(route_name(&err), "custom");
+    assert!(err.to_string().contains("bulk size"), "{err}");
+    assert_eq!(queue.delivered(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+
+/// A debugging recorder installed on this thread for the test's lifetime. The paused-time
+/// runtime is current_thread, so the App's tasks build their handles on this thread.
+///
+/// The debugging recorder drains counters, gauges and histograms on every snapshot, so reads
+/// are accumulated here: [`Recorded::read`] gives the totals since installation (gauges as the
+/// sum of their increments and decrements, which is all the worker does with them).
+struct Recorded {
+    snapshotter: Snapshotter,
+    totals: std::cell::RefCell<Snapshot>,
+    _guard: metrics::LocalRecorderGuard<'static>,
+}
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Debug, Default, Clone)]
+struct Snapshot {
+    counters: Vec<(String, Labels, u64)>,
+    gauges: Vec<(String, Labels, f64)>,
+    histograms: Vec<(String, Labels, Vec<f64>)>,
+}
+
+fn has(labels: &Labels, key: &str, value: &str) -> bool {
+    labels.iter().any(|(k, v)| k == key && v == value)
+}
+
+/// Adds `value` to the entry of `name` + `labels` in `entries`, creating it if need be.
+fn accumulate<T>(
+    entries: &mut Vec<(String, Labels, T)>,
+    name: String,
+    labels: Labels,
+    add: impl FnOnce(&mut T),
+    empty: T,
+) {
+    match entries
+        .iter_mut()
+        .find(|(n, l, _)| *n == name && *l == labels)
+    {
+        Some((_, _, v)) => add(v),
+        None => {
+            let mut v = empty;
+            add(&mut v);
+            entries.push((name, labels, v));
+        }
+    }
+}
+
+impl Recorded {
+    fn install() -> Self {
+        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
+        Recorded {
+            snapshotter: recorder.snapshotter(),
+            totals: Default::default(),
+            _guard: metrics::set_default_local_recorder(recorder),
+        }
+    }
+
+    /// Every metric's total since installation.
+    fn read(&self) -> Snapshot {
+        let mut totals = self.totals.borrow_mut();
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let name = key.name().to_owned();
+            let mut labels: Labels = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            match value {
+                DebugValue::Counter(n) => {
+                    accumulate(&mut totals.counters, name, labels, |v| *v += n, 0)
+                }
+                DebugValue::Gauge(g) => accumulate(
+                    &mut totals.gauges,
+                    name,
+                    labels,
+                    |v| *v += g.into_inner(),
+                    0.0,
+                ),
+                DebugValue::Histogram(h) => accumulate(
+                    &mut totals.histograms,
+                    name,
+                    labels,
+                    |v| v.extend(h.iter().map(|f| f.into_inner())),
+                    Vec::new(),
+                ),
+            }
+        }
+        totals.clone()
+    }
+}
+
+impl Snapshot {
+    fn counter(&self, name: &str, route: &str, key: &str, value: &str) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(n, l, _)| n == name && has(l, "route", route) && has(l, key, value))
+            .map(|(_, _, v)| *v)
+            .sum()
+    }
+
+    fn gauge(&self, name: &str, route: &str) -> Option<f64> {
+        self.gauges
+            .iter()
+            .find(|(n, l, _)| n == name && has(l, "route", route))
+            .map(|(_, _, v)| *v)
+    }
+
+    fn histogram(&self, name: &str, route: &str, outcome: &str) -> Vec<f64> {
+        self.histograms
+            .iter()
+            .filter(|(n, l, _)| n == name && has(l, "route", route) && has(l, "outcome", outcome))
+            .flat_map(|(_, _, v)| v.iter().copied())
+            .collect()
+    }
+
+    /// Names of the metrics with a non-zero value, labelled with `route`.
+    fn names_for(&self, route: &str) -> HashMap<String, bool> {
+        let mut names = HashMap::new();
+        for (n, l, v) in &self.counters {
+            if has(l, "route", route) {
+                *names.entry(n.clone()).or_default() |= *v > 0;
+            }
+        }
+        for (n, l, v) in &self.histograms {
+            if has(l, "route", route) {
+                *names.entry(n.clone()).or_default() |= !v.is_empty();
+            }
+        }
+        names
+    }
+}
+
+/// Pushes `a b c fail e` into a closed queue and runs them through route `route` with bulk
+/// size 2 and a 2 s handler that fails batches holding `fail`.
+async fn run_metrics_route(app: App, route: &str) -> MemoryQueue {
+    let queue = MemoryQueue::new();
+    for p in ["a", "b", "c", "fail", "e"] {
+        queue.push_bytes(p);
+    }
+    queue.close();
+    let mut app = app;
+    app.route(
+        route,
+        queue.source(),
+        RouteOptions::new().bulk_size(2),
+        |batch: Vec<MemoryMessage>| async move {
+            sleep(secs(2)).await;
+            if batch.iter().any(|m| text(m) == "fail") {
+                return Err(std::io::Error::other("failed"));
+            }
+            Ok(())
+        },
+    );
+    app.run().await.expect("app runs");
+    queue
+}
+
+#[tokio::test(start_paused = true)]
+async fn route_metrics_count_settlements_batches_durations_and_in_flight() {
+    let metrics = Recorded::install();
+    let queue = run_metrics_route(app(), "orders").await;
+    assert_eq!(
+        settlements(&queue),
+        [
+            Some(Action::Ack),
+            Some(Action::Ack),
+            Some(Action::Requeue),
+            Some(Action::Requeue),
+            Some(Action::Ack)
+        ]
+    );
+
+    let m = metrics.read();
+    let settled = "asyncworker_messages_settled_total";
+    assert_eq!(m.counter(settled, "orders", "action", "ack"), 3);
+    assert_eq!(m.counter(settled, "orders", "action", "requeue"), 2);
+    assert_eq!(m.counter(settled, "orders", "action", "reject"), 0);
+    let batches = "asyncworker_batches_total";
+    assert_eq!(m.counter(batches, "orders", "reason", "size"), 2);
+    // The last, partial batch flushes when the (closed) source ends.
+    assert_eq!(m.counter(batches, "orders", "reason", "shutdown"), 1);
+    assert_eq!(m.counter(batches, "orders", "reason", "interval"), 0);
+    let duration = "asyncworker_handler_duration_seconds";
+    assert_eq!(m.histogram(duration, "orders", "ok"), [2.0, 2.0]);
+    assert_eq!(m.histogram(duration, "orders", "error"), [2.0]);
+    assert_eq!(m.histogram(duration, "orders", "panic"), Vec::<f64>::new());
+    assert_eq!(
+        m.gauge("asyncworker_messages_in_flight", "orders"),
+        Some(0.0),
+        "the in-flight gauge returns to 0"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_in_flight_gauge_follows_unsettled_messages() {
+    let metrics = Recorded::install();
+    let queue = MemoryQueue::new();
+    for p in ["a", "b", "c"] {
+        queue.push_bytes(p);
+    }
+    let release = Arc::new(Notify::new());
+    let mut app = app();
+    app.route("r", queue.source(), RouteOptions::new().bulk_size(2), {
+        let release = release.clone();
+        move |_batch: Vec<MemoryMessage>| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok::<(), BoxError>(())
+            }
+        }
+    });
+    let handle = app.shutdown_handle();
+    let run = tokio::spawn(app.run());
+
+    sleep(secs(1)).await;
+    let gauge = |m: &Snapshot| m.gauge("asyncworker_messages_in_flight", "r");
+    assert_eq!(gauge(&metrics.read()), Some(3.0));
+    release.notify_waiters();
+    sleep(secs(1)).await;
+    assert_eq!(gauge(&metrics.read()), Some(1.0), "the full batch settled");
+    handle.shutdown();
+    sleep(secs(1)).await;
+    release.notify_waiters();
+    run.await.expect("no panic").expect("app runs");
+    assert_eq!(gauge(&metrics.read()), Some(0.0));
+    assert_eq!(queue.outstanding(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn metric_names_take_the_prefix_from_the_settings() {
+    let metrics = Recorded::install();
+    let settings = Settings::from_lookup(|name| match name {
+        "ASYNCWORKER_METRICS_NAMESPACE" => Some("acme".to_owned()),
+        "ASYNCWORKER_METRICS_APPPREFIX" => Some("billing".to_owned()),
+        _ => None,
+    })
+    .expect("valid settings");
+    run_metrics_route(app().with_settings(settings), "invoices").await;
+
+    let m = metrics.read();
+    assert_eq!(
+        m.counter(
+            "acme_billing_messages_settled_total",
+            "invoices",
+            "action",
+            "ack"
+        ),
+        3
+    );
+    assert_eq!(
+        m.counter("acme_billing_batches_total", "invoices", "reason", "size"),
+        2
+    );
+    assert_eq!(
+        m.histogram("acme_billing_handler_duration_seconds", "invoices", "ok"),
+        [2.0, 2.0]
+    );
+    assert_eq!(
+        m.gauge("acme_billing_messages_in_flight", "invoices"),
+        Some(0.0)
+    );
+    let names = m.names_for("invoices");
+    assert!(
+        names.keys().all(|n| n.starts_with("acme_billing_")),
+        "every metric of the route is prefixed: {names:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Health
+
+#[tokio::test(start_paused = true)]
+async fn health_is_ready_only_while_routes_run_and_before_shutdown() {
+    let queue = MemoryQueue::new();
+    queue.push_bytes("a");
+    let release = Arc::new(Notify::new());
+    let mut app = app();
+    app.route("orders", queue.source(), RouteOptions::new(), {
+        let release = release.clone();
+        move |_batch: Vec<MemoryMessage>| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok::<(), BoxError>(())
+            }
+        }
+    });
+    let health = app.health();
+    let handle = app.shutdown_handle();
+    assert!(!health.is_ready(), "not ready before start");
+    assert!(health.is_live());
+
+    let run = tokio::spawn(app.run());
+    sleep(secs(1)).await;
+    assert!(health.is_ready(), "ready while the route runs");
+    let routes = health.routes();
+    assert_eq!(routes.len(), 1);
+    assert_eq!((routes[0].name.as_str(), routes[0].ready), ("orders", true));
+
+    handle.shutdown();
+    assert!(!health.is_ready(), "not ready once shutdown has begun");
+    sleep(secs(1)).await;
+    assert!(!health.is_ready(), "not ready while draining");
+    assert!(health.is_live(), "live while draining");
+
+    release.notify_waiters();
+    run.await.expect("no panic").expect("app runs");
+    assert!(!health.is_ready());
+    assert!(!health.is_live(), "not live once stopped");
+    assert_eq!(queue.settlement(MessageId(0)), Some(Action::Ack));
+}
