@@ -20,7 +20,8 @@
 //! 2. runs the [`on_startup`](App::on_startup) hooks, in order, all to completion, before any
 //!    source is polled — a failing hook aborts the start;
 //! 3. runs every route and schedule until shutdown begins (SIGINT or SIGTERM, a
-//!    [`ShutdownHandle`], or every source ending);
+//!    [`ShutdownHandle`], every source ending, or a route failing — its stack cannot be
+//!    built or its service fails; `run` then returns that error);
 //! 4. shuts down gracefully: intake stops, partial batches flush, in-flight handlers get the
 //!    grace period (default 30 s) to finish, unfinished batches are requeued;
 //! 5. runs the [`on_shutdown`](App::on_shutdown) hooks once, in order, and returns `Ok`.
@@ -754,8 +755,11 @@ impl App {
                         tracing::debug!(route = &*name, ?report, "route finished");
                     }
                     Some(Ok((name, Err(e)))) => {
-                        tracing::error!(route = &*name, error = %e, "route failed");
+                        tracing::error!(route = &*name, error = %e, "route failed; shutting down");
                         route_error.get_or_insert(Error::Route { route: name.to_string(), cause: e });
+                        // Fail fast: do not keep serving without this route (its stack could
+                        // not be built, or its service failed); `run` returns the error.
+                        shutdown.trigger();
                     }
                     Some(Err(e)) => {
                         tracing::error!(error = %e, "route task panicked");
