@@ -550,6 +550,32 @@ async fn a_failing_stack_builder_fails_run_naming_the_route() {
     assert_eq!(queue.delivered(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_failing_route_stops_the_app_instead_of_running_without_it() {
+    let queue = MemoryQueue::new();
+    queue.push_bytes("a");
+    // The queue stays open: only the failing route can end the app.
+    let mut app = app();
+    app.route("fine", queue.source(), RouteOptions::new(), ok);
+    app.route_stack("custom", queue.source(), |cx| {
+        let bulk = cx.bulk_layer::<MemoryMessage>(0)?;
+        Ok(tower::ServiceBuilder::new()
+            .layer(bulk)
+            .layer(cx.ack_layer())
+            .service(tower::service_fn(ok)))
+    });
+    let err = tokio::time::timeout(secs(3600), app.run())
+        .await
+        .expect("run returns instead of serving without the failed route")
+        .expect_err("the stack cannot be built");
+    assert_eq!(route_name(&err), "custom");
+    assert_eq!(
+        queue.outstanding(),
+        0,
+        "the other route shut down gracefully"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Metrics
 
