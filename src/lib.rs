@@ -66,9 +66,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use asyncworker_core::{
-    Action, App, BoxError, Error, Message, Readiness, RouteOptions, ServiceBuilderExt, Settle,
-    SettleError, Settlement, Settings, Shutdown, ShutdownHandle, Source, SourceContext,
-    init_logging,
+    Action, App, BoxError, Error, Message, Readiness, RouteOptions, ServiceBuilderExt, Settings,
+    Settle, SettleError, Settlement, Shutdown, ShutdownHandle, Source, SourceContext, init_logging,
 };
 pub use asyncworker_core::{
     ack, app, builder, bulk, memory, message, metrics, retry, runtime, settings, shutdown, source,
@@ -87,3 +86,7 @@ pub use asyncworker_sse as sse;
 /// through `metrics` (the `asyncworker-timeit` crate; feature `timeit`).
 #[cfg(feature = "timeit")]
 pub use asyncworker_timeit as timeit;
+
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub mod observe;
