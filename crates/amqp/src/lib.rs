@@ -45,6 +45,7 @@ mod config;
 mod consumer;
 mod error;
 mod message;
+pub mod publish;
 mod settle;
 mod source;
 
@@ -55,6 +56,7 @@ pub use config::{
 };
 pub use error::{AmqpError, Endpoint};
 pub use message::{AmqpMessage, DecodeError, REQUEUE_COUNT_HEADER};
+pub use publish::{OutgoingMessage, PublishError, Publisher, PublisherBuilder};
 pub use source::{AmqpSource, AmqpSourceBuilder, AmqpStream};
 
 /// The lapin version this crate is built on, re-exported so its types (properties, field

@@ -1,0 +1,384 @@
+//! The publisher against the local broker (`scripts/rabbitmq.sh start`).
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use asyncworker_amqp::lapin::message::BasicGetMessage;
+use asyncworker_amqp::lapin::options::BasicGetOptions;
+use asyncworker_amqp::lapin::types::{AMQPValue, LongString};
+use asyncworker_amqp::{AmqpConfig, OutgoingMessage, PublishError, Publisher};
+use serde::{Deserialize, Serialize};
+use support::*;
+use tokio::sync::RwLock;
+
+/// The memory-alarm test blocks every publisher on the broker: it takes this lock for writing,
+/// every other test of this file for reading.
+static BROKER_ALARM: RwLock<()> = RwLock::const_new(());
+
+fn config() -> AmqpConfig {
+    AmqpConfig::from_url(&amqp_url()).expect("the test broker URL is valid")
+}
+
+/// Takes the next message of `queue` (`basic.get`, auto-ack).
+async fn get(connection: &lapin::Connection, queue: &str) -> BasicGetMessage {
+    let channel = channel(connection).await;
+    let message = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .unwrap_or_else(|| panic!("queue {queue} is empty"));
+    let _ = channel.close(200, "ok".into()).await;
+    message
+}
+
+#[tokio::test]
+async fn confirmed_publish_arrives_with_its_properties_and_persistent() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-props");
+    declare_queue(&connection, &queue).await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let message = OutgoingMessage::new("", queue.as_str(), &b"\x00raw bytes\xff"[..])
+        .content_type("application/octet-stream")
+        .correlation_id("corr-1")
+        .message_id("msg-1")
+        .reply_to("replies")
+        .app_id("asyncworker-tests")
+        .kind("count")
+        .timestamp(at)
+        .priority(3)
+        .header("origin", "test")
+        .header("attempt", 2i64)
+        .header("urgent", true);
+    publisher.publish(message).await.expect("confirmed");
+
+    // Confirmed means stored: no waiting needed.
+    assert_eq!(message_count(&connection, &queue).await, 1);
+    let got = get(&connection, &queue).await;
+    assert_eq!(got.delivery.data, b"\x00raw bytes\xff");
+    let p = &got.delivery.properties;
+    assert_eq!(*p.delivery_mode(), Some(2), "persistent by default");
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        p.correlation_id().as_ref().map(|s| s.as_str()),
+        Some("corr-1")
+    );
+    assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("msg-1"));
+    assert_eq!(p.reply_to().as_ref().map(|s| s.as_str()), Some("replies"));
+    assert_eq!(
+        p.app_id().as_ref().map(|s| s.as_str()),
+        Some("asyncworker-tests")
+    );
+    assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("count"));
+    assert_eq!(*p.timestamp(), Some(1_700_000_000));
+    assert_eq!(*p.priority(), Some(3));
+    let headers = p.headers().clone().expect("headers");
+    let headers = headers.inner();
+    assert_eq!(
+        headers.get("origin"),
+        Some(&AMQPValue::LongString(LongString::from("test")))
+    );
+    assert_eq!(headers.get("attempt"), Some(&AMQPValue::LongLongInt(2)));
+    assert_eq!(headers.get("urgent"), Some(&AMQPValue::Boolean(true)));
+
+    // Transient on request.
+    publisher
+        .publish(OutgoingMessage::text("", queue.as_str(), "light").persistent(false))
+        .await
+        .expect("confirmed");
+    let got = get(&connection, &queue).await;
+    assert_eq!(got.delivery.data, b"light");
+    assert_eq!(*got.delivery.properties.delivery_mode(), Some(1));
+
+    delete_queue(&connection, &queue).await;
+}
+
+#[tokio::test]
+async fn mandatory_unroutable_message_is_an_error_and_the_publisher_goes_on() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+    let nowhere = unique_name("no-such-queue");
+
+    let error = publisher
+        .publish(OutgoingMessage::new("", nowhere.as_str(), "lost?").mandatory(true))
+        .await
+        .expect_err("no queue is bound to this routing key");
+    match &error {
+        PublishError::Unroutable {
+            exchange,
+            routing_key,
+            reply_code,
+            reply_text,
+        } => {
+            assert_eq!(exchange, "");
+            assert_eq!(routing_key, &nowhere);
+            assert_eq!(*reply_code, 312);
+            assert_eq!(reply_text, "NO_ROUTE");
+        }
+        other => panic!("expected Unroutable, got {other:?}"),
+    }
+    assert!(error.is_unroutable());
+    assert!(error.to_string().contains(&nowhere), "{error}");
+
+    // Without mandatory, AMQP drops it silently: confirmed.
+    publisher
+        .publish_bytes("", &nowhere, "dropped")
+        .await
+        .expect("a non-mandatory unroutable message is confirmed");
+
+    // A publisher whose default is mandatory; routable messages still go through, and the
+    // error belongs to the unroutable one even when they are published concurrently.
+    let queue = unique_name("publish-mandatory");
+    declare_queue(&connection, &queue).await;
+    let strict = Publisher::builder()
+        .mandatory(true)
+        .connect(&config())
+        .await
+        .expect("publisher");
+    let (routable, unroutable, routable_again) = tokio::join!(
+        strict.publish_bytes("", &queue, "a"),
+        strict.publish_bytes("", &nowhere, "b"),
+        strict.publish_bytes("", &queue, "c"),
+    );
+    routable.expect("routable");
+    routable_again.expect("routable");
+    assert!(
+        unroutable.as_ref().is_err_and(PublishError::is_unroutable),
+        "{unroutable:?}"
+    );
+    assert_eq!(message_count(&connection, &queue).await, 2);
+
+    delete_queue(&connection, &queue).await;
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Count {
+    name: String,
+    value: i64,
+}
+
+#[tokio::test]
+async fn json_round_trip_keeps_empty_object_empty_array_and_zero() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-json");
+    declare_queue(&connection, &queue).await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+
+    let values = [
+        serde_json::json!({}),
+        serde_json::json!([]),
+        serde_json::json!(0),
+        serde_json::json!(null),
+        serde_json::json!({"nested": {"list": [1, 2.5, "three", false]}}),
+    ];
+    for value in &values {
+        publisher
+            .publish_json("", &queue, value)
+            .await
+            .expect("confirmed");
+    }
+    let count = Count {
+        name: "visits".into(),
+        value: -3,
+    };
+    publisher
+        .publish_json("", &queue, &count)
+        .await
+        .expect("confirmed");
+
+    for (value, raw) in values.iter().zip(
+        ["{}", "[]", "0", "null"]
+            .map(Some)
+            .into_iter()
+            .chain([None]),
+    ) {
+        let got = get(&connection, &queue).await;
+        if let Some(raw) = raw {
+            assert_eq!(got.delivery.data, raw.as_bytes(), "serialized as itself");
+        }
+        let decoded: serde_json::Value = serde_json::from_slice(&got.delivery.data).unwrap();
+        assert_eq!(&decoded, value);
+        assert_eq!(
+            got.delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some("application/json")
+        );
+    }
+    let got = get(&connection, &queue).await;
+    let decoded: Count = serde_json::from_slice(&got.delivery.data).unwrap();
+    assert_eq!(decoded, count);
+
+    delete_queue(&connection, &queue).await;
+}
+
+#[tokio::test]
+async fn missing_exchange_is_exchange_not_found_and_the_next_publish_works() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-after-404");
+    declare_queue(&connection, &queue).await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+    let exchange = unique_name("no-such-exchange");
+
+    let error = publisher
+        .publish_bytes(&exchange, "key", "x")
+        .await
+        .expect_err("the exchange does not exist");
+    assert!(
+        matches!(&error, PublishError::ExchangeNotFound { exchange: e, .. } if *e == exchange),
+        "{error:?}"
+    );
+
+    // The broker closed that channel; the publisher opens another.
+    publisher
+        .publish_bytes("", &queue, "after")
+        .await
+        .expect("published on a fresh channel");
+    assert_eq!(message_count(&connection, &queue).await, 1);
+
+    delete_queue(&connection, &queue).await;
+}
+
+#[tokio::test]
+async fn concurrent_publishes_from_clones_are_all_confirmed() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-concurrent");
+    declare_queue(&connection, &queue).await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let publisher = publisher.clone();
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    publisher
+                        .publish_json("", &queue, &(task * 100 + i))
+                        .await
+                        .expect("confirmed");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("publishing task");
+    }
+    assert_eq!(message_count(&connection, &queue).await, 400);
+
+    delete_queue(&connection, &queue).await;
+}
+
+#[tokio::test]
+async fn publisher_reconnects_after_the_broker_closes_its_connection() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-reconnect");
+    declare_queue(&connection, &queue).await;
+    let name = unique_name("publisher");
+    let config = AmqpConfig::builder()
+        .url(&amqp_url())
+        .connection_name(name.as_str())
+        .build()
+        .expect("config");
+    let publisher = Publisher::connect(&config).await.expect("publisher");
+    publisher
+        .publish_bytes("", &queue, "before")
+        .await
+        .expect("confirmed");
+
+    assert_eq!(close_connections_named(&name, "publisher test").await, 1);
+    // Publishes right after the close may fail while the client learns of it; within a few
+    // seconds one succeeds on a new connection.
+    let recovered = wait_until(Duration::from_secs(15), || async {
+        publisher.publish_bytes("", &queue, "after").await.is_ok()
+    })
+    .await;
+    assert!(recovered, "the publisher never reconnected");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            connections_named(&name).await.len() == 1
+        })
+        .await,
+        "expected exactly one live publisher connection"
+    );
+
+    delete_queue(&connection, &queue).await;
+}
+
+#[tokio::test]
+async fn zero_timeout_is_rejected_at_build_time() {
+    let error = Publisher::builder()
+        .timeout(Duration::ZERO)
+        .connect(&config())
+        .await
+        .expect_err("a zero timeout is invalid");
+    assert!(matches!(error, PublishError::InvalidOptions(_)), "{error}");
+}
+
+#[tokio::test]
+async fn blocked_connection_gives_a_timeout_error_not_a_hang() {
+    let _exclusive = BROKER_ALARM.write().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-blocked");
+    declare_queue(&connection, &queue).await;
+    let timeout = Duration::from_millis(1500);
+    let publisher = Publisher::builder()
+        .timeout(timeout)
+        .connect(&config())
+        .await
+        .expect("publisher");
+
+    {
+        // Broker-wide: every publishing connection is blocked until the guard drops.
+        let _alarm = MemoryAlarm::raise().await;
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            timeout + Duration::from_secs(5),
+            publisher.publish_bytes("", &queue, "while blocked"),
+        )
+        .await
+        .expect("the publish must end by itself, at its own timeout");
+        let elapsed = started.elapsed();
+        match outcome {
+            Err(PublishError::Timeout {
+                timeout: t,
+                blocked,
+                ref routing_key,
+                ..
+            }) => {
+                assert_eq!(t, timeout);
+                assert_eq!(routing_key, &queue);
+                assert!(blocked, "the broker announced connection.blocked");
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(
+            elapsed >= timeout && elapsed < timeout + Duration::from_secs(2),
+            "took {elapsed:?}"
+        );
+    }
+
+    // Alarm cleared: the same publisher works again.
+    let recovered = wait_until(Duration::from_secs(15), || async {
+        publisher.publish_bytes("", &queue, "after").await.is_ok()
+    })
+    .await;
+    assert!(
+        recovered,
+        "publishing did not resume after the alarm cleared"
+    );
+
+    delete_queue(&connection, &queue).await;
+}
