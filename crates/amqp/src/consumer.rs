@@ -366,6 +366,7 @@ impl ChannelState {
             }
         }
         let plan = self.outstanding.take_plan();
+        tracing::trace!(queue = %self.queue.name, ?plan, unsettled = self.outstanding.live(), "settling");
         if let Some((tag, multiple)) = plan.upto {
             self.channel
                 .basic_ack(tag, BasicAckOptions { multiple })

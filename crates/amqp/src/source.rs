@@ -291,7 +291,7 @@ impl Source for AmqpSource {
             config: self.config,
             queues,
             callback: self.on_connection_error,
-            out: tx,
+            out: Some(tx),
             shutdown: cx.shutdown().clone(),
         };
         AmqpStream {
@@ -358,7 +358,9 @@ struct Supervisor {
     config: AmqpConfig,
     queues: Vec<Arc<QueueMeta>>,
     callback: Option<Callback>,
-    out: mpsc::UnboundedSender<Item>,
+    /// Dropped as soon as the source stops, so the stream ends while handed-out messages are
+    /// still being settled.
+    out: Option<mpsc::UnboundedSender<Item>>,
     shutdown: asyncworker_core::Shutdown,
 }
 
@@ -385,6 +387,12 @@ impl Supervisor {
         relay.abort();
     }
 
+    fn emit(&self, item: Item) {
+        if let Some(out) = &self.out {
+            let _ = out.send(item);
+        }
+    }
+
     fn gauge(&self, connected: bool) {
         let e = &self.shared.endpoint;
         metrics::gauge!(
@@ -396,7 +404,7 @@ impl Supervisor {
         .set(if connected { 1.0 } else { 0.0 });
     }
 
-    async fn supervise(self) {
+    async fn supervise(mut self) {
         let stop = self.shared.stop.clone();
         let endpoint = self.shared.endpoint.clone();
         let host = endpoint.host().to_owned();
@@ -441,8 +449,8 @@ impl Supervisor {
                             error = %error,
                             "cannot connect; giving up",
                         );
-                        let _ = self.out.send(Err(error.clone()));
-                        let _ = self.out.send(Err(AmqpError::GaveUp {
+                        self.emit(Err(error.clone()));
+                        self.emit(Err(AmqpError::GaveUp {
                             endpoint: endpoint.clone(),
                             attempts: attempt,
                             last: Box::new(error),
@@ -459,7 +467,7 @@ impl Supervisor {
                         error = %error,
                         "cannot connect; retrying",
                     );
-                    let _ = self.out.send(Err(error));
+                    self.emit(Err(error));
                     tokio::select! {
                         biased;
                         () = stop.cancelled() => break,
@@ -492,7 +500,7 @@ impl Supervisor {
                         vhost = %endpoint.vhost(),
                         "connection lost; reconnecting",
                     );
-                    let _ = self.out.send(Err(error));
+                    self.emit(Err(error));
                 }
             }
         }
@@ -502,7 +510,7 @@ impl Supervisor {
     }
 
     /// Run the queue tasks on `conn` until it is lost or the source stops.
-    async fn run_connection(&self, conn: Arc<Connection>) -> Generation {
+    async fn run_connection(&mut self, conn: Arc<Connection>) -> Generation {
         let stop = &self.shared.stop;
         let lost = CancellationToken::new();
         let events = tokio::spawn(watch_events(
@@ -518,7 +526,7 @@ impl Supervisor {
                     queue: queue.clone(),
                     conn: conn.clone(),
                     connection_lost: lost.clone(),
-                    out: Some(self.out.clone()),
+                    out: self.out.clone(),
                 }
                 .run(),
             );
@@ -542,6 +550,7 @@ impl Supervisor {
                 while tasks.join_next().await.is_some() {}
             }
             Generation::Stopped => {
+                self.out = None;
                 // The queue tasks cancel their consumers and wait for their handed-out
                 // messages to be settled — unless the connection dies meanwhile.
                 loop {
