@@ -56,7 +56,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::future::{FutureExt, Shared, WeakShared};
@@ -363,9 +363,8 @@ where
 
     fn call(&mut self, message: M) -> Self::Future {
         let config = &self.config;
-        let shutting_down = config.shutdown.is_triggered();
         if config.size == 1 {
-            let reason = if shutting_down {
+            let reason = if config.shutdown.is_triggered() {
                 FlushReason::Shutdown
             } else {
                 FlushReason::Size
@@ -374,31 +373,30 @@ where
                 BatchFuture::sealed(self.inner.clone(), config.clone(), vec![message], reason);
             return ResponseFuture::direct(future);
         }
-        let mut message = Some(message);
         if let Some((cell, weak)) = &self.open {
             let mut state = cell.lock();
             // `upgrade` fails once every message future of the batch is gone; its guard is
             // then sealing the cell (if it has not yet), so start a new batch.
             if let Some(future) = weak.upgrade().filter(|_| state.sealed.is_none()) {
-                if let Some(m) = message.take() {
-                    state.messages.push(m);
-                }
-                if state.messages.len() >= config.size {
+                // No shutdown check here (it costs a lock per message): the batch future
+                // watches the signal and seals the batch on its next poll, this message
+                // included.
+                state.messages.push(message);
+                let full = state.messages.len() >= config.size;
+                if full {
                     cell.seal(&mut state, FlushReason::Size);
-                } else if shutting_down {
-                    cell.seal(&mut state, FlushReason::Shutdown);
                 }
-                let sealed = state.sealed.is_some();
                 drop(state);
-                if sealed {
+                if full {
                     self.open = None;
                 }
                 return ResponseFuture::shared(future);
             }
         }
+        let shutting_down = config.shutdown.is_triggered();
         // No open batch, or it was sealed by its timer or by shutdown: start a new one.
         let mut messages = Vec::with_capacity(config.size);
-        messages.extend(message);
+        messages.push(message);
         let cell = Arc::new(Cell {
             state: Mutex::new(CellState {
                 messages,
@@ -475,6 +473,8 @@ pin_project! {
             timer: Sleep,
             #[pin]
             shutdown: WaitForCancellationFutureOwned,
+            // The waker the timer, the shutdown future and the cell were last polled with.
+            registered: Option<Waker>,
         },
         Sealed {
             messages: Vec<M>,
@@ -518,6 +518,7 @@ where
                 cell: CellGuard(cell),
                 timer: tokio::time::sleep_until(deadline),
                 shutdown: config.shutdown.triggered(),
+                registered: None,
             },
             inner: Some(inner),
             slots: config.batch_limit.clone().map(PollSemaphore::new),
@@ -568,9 +569,22 @@ where
                     cell,
                     timer,
                     shutdown,
+                    registered,
                 } => {
                     let mut state = cell.0.lock();
                     if state.sealed.is_none() {
+                        // Fast path. Every message future of the batch polls it once through
+                        // `Shared`, always with the same waker (Shared's own). When nothing
+                        // has changed since the last registration, skip re-registering with
+                        // the timer, the shutdown signal and the cell: one batch of N
+                        // messages would otherwise pay N times for it.
+                        let unchanged =
+                            registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+                                && !timer.is_elapsed()
+                                && !this.config.shutdown.is_triggered();
+                        if unchanged {
+                            return Poll::Pending;
+                        }
                         if timer.poll(cx).is_ready() {
                             state.sealed = Some(FlushReason::Interval);
                         } else if shutdown.poll(cx).is_ready() {
@@ -578,6 +592,7 @@ where
                         } else {
                             // Registered under the lock: a concurrent seal wakes us after.
                             cell.0.waker.register(cx.waker());
+                            *registered = Some(cx.waker().clone());
                             return Poll::Pending;
                         }
                     }
