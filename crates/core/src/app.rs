@@ -21,7 +21,7 @@
 //!    source is polled — a failing hook aborts the start;
 //! 3. runs every route and schedule until shutdown begins (SIGINT or SIGTERM, a
 //!    [`ShutdownHandle`], every source ending, or a route failing — its stack cannot be
-//!    built or its service fails; `run` then returns that error);
+//!    built, its service fails or its task panics; `run` then returns that error);
 //! 4. shuts down gracefully: intake stops, partial batches flush, in-flight handlers get the
 //!    grace period (default 30 s) to finish, unfinished batches are requeued;
 //! 5. runs the [`on_shutdown`](App::on_shutdown) hooks once, in order, and returns `Ok`.
@@ -718,6 +718,8 @@ impl App {
         }
 
         let mut set = JoinSet::new();
+        // Route names by task, to name a route whose task panicked.
+        let mut task_routes = std::collections::HashMap::new();
         for (name, task) in tasks {
             let readiness = health.register(name.clone());
             let start = RouteStart {
@@ -729,7 +731,11 @@ impl App {
                 settings: settings.clone(),
                 readiness,
             };
-            set.spawn(async move { (name.clone(), task(start).await) });
+            let spawned = set.spawn({
+                let name = name.clone();
+                async move { (name, task(start).await) }
+            });
+            task_routes.insert(spawned.id(), name);
         }
         health.lock().started = true;
         tracing::info!(routes = set.len(), "app started");
@@ -762,7 +768,17 @@ impl App {
                         shutdown.trigger();
                     }
                     Some(Err(e)) => {
-                        tracing::error!(error = %e, "route task panicked");
+                        // Aborted tasks (a forced shutdown) are cancelled, not failed.
+                        if e.is_panic() {
+                            let route = task_routes.get(&e.id()).map_or("?", |n| &**n).to_owned();
+                            let cause = crate::runtime::panic_message(&*e.into_panic()).to_owned();
+                            tracing::error!(route = %route, panic = %cause, "route panicked; shutting down");
+                            route_error.get_or_insert(Error::Route {
+                                route,
+                                cause: format!("route panicked: {cause}").into(),
+                            });
+                            shutdown.trigger();
+                        }
                     }
                 },
                 () = force.triggered(), if !forced => {
