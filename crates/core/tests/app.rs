@@ -576,6 +576,29 @@ async fn a_failing_route_stops_the_app_instead_of_running_without_it() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_panicking_stack_builder_fails_run_naming_the_route() {
+    let queue = MemoryQueue::new();
+    queue.push_bytes("a");
+    // The queue stays open: only the failing route can end the app.
+    let mut app = app();
+    app.route("fine", queue.source(), RouteOptions::new(), ok);
+    app.route_stack(
+        "custom",
+        queue.source(),
+        |_cx| -> Result<tower::util::BoxService<MemoryMessage, (), BoxError>, Error> {
+            panic!("cannot build the stack")
+        },
+    );
+    let err = tokio::time::timeout(secs(3600), app.run())
+        .await
+        .expect("run returns instead of serving without the failed route")
+        .expect_err("the route panicked");
+    assert_eq!(route_name(&err), "custom");
+    assert!(err.to_string().contains("cannot build the stack"), "{err}");
+    assert_eq!(queue.outstanding(), 0);
+}
+
 // ---------------------------------------------------------------------------------------
 // Metrics
 
