@@ -28,7 +28,7 @@
 //!
 //! A second signal during shutdown aborts the in-flight work at once (its messages return
 //! through their settlement guards, or through the broker when a connection dies) and `run`
-//! returns [`Error::Forced`](crate::Error::Forced).
+//! returns [`Error::Forced`].
 //!
 //! # Example
 //!
