@@ -1,0 +1,114 @@
+//! Run with: cargo run --example amqp_worker --features amqp
+//!
+//! The Python original's first example, in Rust: one handler drains two queues
+//! (`asgard/counts` and `asgard/counts/errors`) on vhost `fluentd`, in batches; success acks the
+//! batch, an error requeues it, and the handler rejects (drops or dead-letters) any message
+//! that is not JSON instead of requeueing it forever.
+//!
+//! Configuration comes from the environment, with the original's values as defaults:
+//!
+//! | variable | default |
+//! |---|---|
+//! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672` |
+//! | `QUEUES` | `asgard/counts,asgard/counts/errors` |
+//! | `VHOST` | `fluentd` |
+//! | `BULK_SIZE` | `1` |
+//! | `PREFETCH` | `256` |
+//! | `WORK_MS` | `0` — simulated work per batch, to watch load and shutdown |
+//! | `ASYNCWORKER_FLUSH_TIMEOUT` | `60` — seconds a partial batch waits |
+//! | `ASYNCWORKER_LOGLEVEL` | `info` |
+//!
+//! `scripts/demo.sh` starts a local broker, publishes sample messages and runs this worker on
+//! them. SIGTERM or Ctrl-C shuts it down gracefully: intake stops, the partial batch is
+//! flushed, in-flight batches finish (or are requeued after the grace period).
+
+use std::time::Duration;
+
+use asyncworker::amqp::{AmqpConfig, AmqpMessage, AmqpSource};
+use asyncworker::{Action, App, BoxError, Message, RouteOptions, Settings};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, BoxError> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a valid number").into()),
+        _ => Ok(default),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let settings = Settings::from_env()?;
+    asyncworker::init_logging(&settings);
+
+    let url = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672");
+    let queues: Vec<String> = env_or("QUEUES", "asgard/counts,asgard/counts/errors")
+        .split(',')
+        .map(|q| q.trim().to_owned())
+        .filter(|q| !q.is_empty())
+        .collect();
+    let vhost = env_or("VHOST", "fluentd");
+    let bulk_size: usize = env_number("BULK_SIZE", 1)?;
+    let prefetch: u16 = env_number("PREFETCH", 256)?;
+    let work = Duration::from_millis(env_number("WORK_MS", 0)?);
+
+    let config = AmqpConfig::builder()
+        .url(&url)
+        .prefetch(prefetch)
+        .connection_name("asyncworker amqp_worker example")
+        .build()?;
+    let source = AmqpSource::builder(config, queues.clone())
+        .vhost(vhost.clone())
+        .on_connection_error(|error, attempt| {
+            tracing::warn!(attempt, %error, "cannot reach the broker; retrying");
+        })
+        .build()?;
+
+    let drain_handler = move |messages: Vec<AmqpMessage>| async move {
+        tracing::info!(size = messages.len(), "batch received");
+        for message in &messages {
+            match message.json::<serde_json::Value>() {
+                Ok(body) => tracing::info!(
+                    queue = message.queue(),
+                    id = message.message_id().unwrap_or("-"),
+                    redelivered = message.redelivered(),
+                    %body,
+                    "message"
+                ),
+                Err(error) => {
+                    tracing::warn!(queue = message.queue(), %error, "not JSON; rejecting");
+                    message.reject();
+                }
+            }
+        }
+        if !work.is_zero() {
+            tokio::time::sleep(work).await;
+        }
+        Ok::<(), BoxError>(())
+    };
+
+    tracing::info!(?queues, %vhost, bulk_size, prefetch, "starting");
+    let mut app = App::new().with_settings(settings);
+    app.route(
+        "drain",
+        source,
+        RouteOptions::new()
+            .bulk_size(bulk_size)
+            .on_success(Action::Ack)
+            .on_error(Action::Requeue),
+        drain_handler,
+    );
+    app.on_shutdown(|| async {
+        tracing::info!("worker stopped; every message acked or back in its queue");
+        Ok::<(), BoxError>(())
+    });
+    app.run().await?;
+    Ok(())
+}
