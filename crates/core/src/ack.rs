@@ -85,8 +85,8 @@ impl AckLayer {
         self
     }
 
-    /// Record settlement counts and handler durations with these handles (default: route
-    /// `default`).
+    /// Record settlement counts and handler durations with these handles (default: none
+    /// recorded).
     pub fn metrics(mut self, metrics: RouteMetrics) -> Self {
         self.metrics = metrics;
         self

@@ -201,7 +201,7 @@ impl<M> BulkLayer<M> {
         self
     }
 
-    /// Count batches by flush reason with these handles (default: route `default`).
+    /// Count batches by flush reason with these handles (default: none recorded).
     pub fn metrics(mut self, metrics: RouteMetrics) -> Self {
         self.metrics = metrics;
         self

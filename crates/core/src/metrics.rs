@@ -122,10 +122,28 @@ impl RouteMetrics {
     }
 }
 
+impl RouteMetrics {
+    /// Handles that record nothing: what a layer uses until it is given a route's handles,
+    /// so a stack built by hand without `.metrics(...)` adds no stray series.
+    pub fn disabled() -> Self {
+        RouteMetrics {
+            inner: Arc::new(Handles {
+                route: SharedString::const_str("default"),
+                settled: std::array::from_fn(|_| Counter::noop()),
+                settle_failures: Counter::noop(),
+                batches: std::array::from_fn(|_| Counter::noop()),
+                duration: std::array::from_fn(|_| Histogram::noop()),
+                in_flight: Gauge::noop(),
+                source_errors: Counter::noop(),
+            }),
+        }
+    }
+}
+
 impl Default for RouteMetrics {
-    /// Handles for route `default` in the default namespace.
+    /// [`RouteMetrics::disabled`]: nothing is recorded until a route's handles are given.
     fn default() -> Self {
-        RouteMetrics::new(DEFAULT_NAMESPACE, "default")
+        RouteMetrics::disabled()
     }
 }
 
