@@ -90,3 +90,8 @@ pub use asyncworker_timeit as timeit;
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub mod observe;
+
+/// The README's code blocks, compiled (and run, where they are not `no_run`) as doctests.
+#[cfg(all(doctest, feature = "amqp", feature = "timeit"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
