@@ -704,8 +704,13 @@ impl App {
         }
 
         let force = Shutdown::new();
-        let signal_task =
-            signals.then(|| tokio::spawn(watch_signals(shutdown.clone(), force.clone())));
+        let signal_task = signals.then(|| {
+            tokio::spawn(watch_signals(
+                install_signals(),
+                shutdown.clone(),
+                force.clone(),
+            ))
+        });
 
         for (i, hook) in startup.into_iter().enumerate() {
             if let Err(e) = hook().await {
@@ -826,16 +831,37 @@ where
     })
 }
 
-/// First SIGINT/SIGTERM: graceful shutdown. Second: force.
-async fn watch_signals(shutdown: Shutdown, force: Shutdown) {
+/// The listeners [`watch_signals`] waits on.
+#[cfg(unix)]
+type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+#[cfg(not(unix))]
+type Signals = ();
+
+/// Install the SIGTERM/SIGINT listeners now, synchronously: `run` spawns the watcher as a
+/// task, and a signal arriving before that task first ran would otherwise still get the
+/// default action and kill the process.
+fn install_signals() -> Signals {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers; use a ShutdownHandle");
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            _ => {
+                tracing::error!("cannot install signal handlers; use a ShutdownHandle");
+                None
+            }
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. Second: force.
+async fn watch_signals(signals: Signals, shutdown: Shutdown, force: Shutdown) {
+    #[cfg(unix)]
+    {
+        let Some((mut term, mut int)) = signals else {
             return;
         };
         let mut seen = 0;
@@ -860,6 +886,7 @@ async fn watch_signals(shutdown: Shutdown, force: Shutdown) {
     }
     #[cfg(not(unix))]
     {
+        let () = signals;
         let mut seen = 0;
         while tokio::signal::ctrl_c().await.is_ok() {
             seen += 1;
