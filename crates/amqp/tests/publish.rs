@@ -382,3 +382,105 @@ async fn blocked_connection_gives_a_timeout_error_not_a_hang() {
 
     delete_queue(&connection, &queue).await;
 }
+
+#[tokio::test]
+async fn broker_outage_gives_a_timeout_error_and_the_publisher_recovers() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-outage");
+    declare_queue(&connection, &queue).await;
+    // The outage is simulated by a proxy between this publisher and the broker, so other
+    // tests' connections are not disturbed.
+    let proxy = TcpProxy::to_broker().await;
+    let timeout = Duration::from_secs(1);
+    let publisher = Publisher::builder()
+        .timeout(timeout)
+        .connect(&AmqpConfig::from_url(&proxy.url()).expect("proxy URL"))
+        .await
+        .expect("publisher through the proxy");
+    publisher
+        .publish_bytes("", &queue, "before")
+        .await
+        .expect("confirmed before the outage");
+
+    proxy.freeze();
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        timeout + Duration::from_secs(5),
+        publisher.publish_bytes("", &queue, "during"),
+    )
+    .await
+    .expect("the publish must end by itself, at its own timeout");
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(outcome, Err(PublishError::Timeout { blocked: false, .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        elapsed >= timeout && elapsed < timeout + Duration::from_secs(2),
+        "took {elapsed:?}"
+    );
+
+    proxy.resume();
+    let recovered = wait_until(Duration::from_secs(10), || async {
+        publisher.publish_bytes("", &queue, "after").await.is_ok()
+    })
+    .await;
+    assert!(recovered, "publishing did not resume after the outage");
+    // "before" and at least one "after"; the timed-out one may have arrived too.
+    assert!(message_count(&connection, &queue).await >= 2);
+
+    delete_queue(&connection, &queue).await;
+}
+
+#[tokio::test]
+async fn severed_connection_is_replaced_by_a_new_one() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-severed");
+    declare_queue(&connection, &queue).await;
+    let proxy = TcpProxy::to_broker().await;
+    let publisher = Publisher::builder()
+        .timeout(Duration::from_secs(2))
+        .connect(&AmqpConfig::from_url(&proxy.url()).expect("proxy URL"))
+        .await
+        .expect("publisher through the proxy");
+    publisher
+        .publish_bytes("", &queue, "before")
+        .await
+        .expect("confirmed");
+    assert_eq!(proxy.connections_accepted(), 1);
+
+    proxy.sever();
+    let recovered = wait_until(Duration::from_secs(15), || async {
+        publisher.publish_bytes("", &queue, "after").await.is_ok()
+    })
+    .await;
+    assert!(recovered, "the publisher never reconnected");
+    assert_eq!(proxy.connections_accepted(), 2, "one new connection");
+
+    delete_queue(&connection, &queue).await;
+}
+
+#[tokio::test]
+async fn unreachable_broker_is_a_connect_error() {
+    // A port nobody listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config =
+        AmqpConfig::from_url(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).expect("config");
+    let started = Instant::now();
+    let error = Publisher::connect(&config)
+        .await
+        .expect_err("nothing listens there");
+    assert!(matches!(error, PublishError::Connect(_)), "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains(&port.to_string()), "{text}");
+    assert!(
+        !text.contains("guest:guest"),
+        "no password in errors: {text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
