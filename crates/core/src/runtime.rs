@@ -168,11 +168,13 @@ where
             metrics.unwrap_or_else(|| RouteMetrics::new(crate::metrics::DEFAULT_NAMESPACE, &route));
         let cx = cx.unwrap_or_else(|| SourceContext::new(route.as_str(), shutdown.clone()));
         let readiness = (!source.reports_readiness()).then(|| cx.readiness().clone());
+        let background = cx.background().clone();
         if let Some(ready) = &readiness {
             ready.set(true);
         }
         let stream = source.into_stream(cx);
-        let mut stream = pin!(stream);
+        // Boxed, not pinned on the stack, so it can be dropped before the background wait.
+        let mut stream = Box::pin(stream);
         let mut triggered = pin!(shutdown.triggered());
         let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let mut in_flight = FuturesUnordered::new();
@@ -293,6 +295,27 @@ where
             }
         })
         .await;
+        // Dropping the stream stops the source; what it spawned in the background still has
+        // settlements to send and connections to close. Wait for that, within the grace period
+        // (none is left when it already ran out), so returning does not cut it off.
+        drop(stream);
+        let tasks = background.take();
+        if !tasks.is_empty() {
+            let waited = async {
+                for task in tasks {
+                    let _ = task.await;
+                }
+            };
+            let bound = match deadline {
+                Some(timer) if report.abandoned == 0 => timer,
+                Some(_) => Box::pin(tokio::time::sleep(Duration::ZERO)),
+                None => Box::pin(tokio::time::sleep(grace)),
+            };
+            tokio::select! {
+                () = waited => {}
+                () = bound => tracing::warn!(route = %route, "the source's background work did not finish within the grace period"),
+            }
+        }
         if let Some(ready) = &readiness {
             ready.set(false);
         }

@@ -1,8 +1,11 @@
 //! Where messages come from: the [`Source`] trait every backend implements.
 
 use std::fmt;
-use std::sync::Arc;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
 
 use futures::Stream;
 
@@ -23,6 +26,10 @@ use crate::{BoxError, Message, Shutdown};
 ///   its consumers) and ends the stream. Messages it already handed out stay settleable until
 ///   the runtime has settled them: keep channels open while their settlers live.
 /// - The stream ending on its own ends the route.
+/// - Background work that must outlive the stream — sending the last settlements, closing
+///   connections — is spawned with [`SourceContext::spawn`]: the runtime waits for it (within
+///   the grace period) before it returns, so a process that exits right after does not cut
+///   it off.
 pub trait Source: Send + 'static {
     /// The messages this source yields.
     type Message: Message;
@@ -70,6 +77,25 @@ pub struct SourceContext {
     route: Arc<str>,
     shutdown: Shutdown,
     ready: Readiness,
+    background: Background,
+}
+
+/// The source's background tasks, which the runtime waits for when the route stops.
+#[derive(Clone, Default)]
+pub(crate) struct Background(Arc<Mutex<Vec<JoinHandle<()>>>>);
+
+impl Background {
+    /// Take the tasks spawned so far.
+    pub(crate) fn take(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl fmt::Debug for Background {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map_or(0, |v| v.len());
+        f.debug_struct("Background").field("tasks", &n).finish()
+    }
 }
 
 impl SourceContext {
@@ -79,7 +105,29 @@ impl SourceContext {
             route: route.into(),
             shutdown,
             ready: Readiness::default(),
+            background: Background::default(),
         }
+    }
+
+    /// Spawn a background task of the source on the current Tokio runtime. When the route
+    /// stops, the runtime drops the stream and then waits for these tasks, up to the grace
+    /// period, so the settlements and closes they still have to do get done.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn`.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task);
+        let mut tasks = self.background.0.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    pub(crate) fn background(&self) -> &Background {
+        &self.background
     }
 
     /// A context that reports readiness through `ready`.
