@@ -298,6 +298,7 @@ impl Source for AmqpSource {
             rx,
             stop,
             pending: Some(supervisor),
+            cx,
         }
     }
 }
@@ -311,6 +312,8 @@ pub struct AmqpStream {
     rx: mpsc::UnboundedReceiver<Item>,
     stop: CancellationToken,
     pending: Option<Supervisor>,
+    /// Spawns the supervisor, so the runtime waits for its last settlements and close.
+    cx: SourceContext,
 }
 
 impl fmt::Debug for AmqpStream {
@@ -327,7 +330,7 @@ impl Stream for AmqpStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(supervisor) = self.pending.take() {
-            tokio::spawn(supervisor.run());
+            self.cx.spawn(supervisor.run());
         }
         loop {
             match self.rx.poll_recv(cx) {
