@@ -484,3 +484,83 @@ async fn unreachable_broker_is_a_connect_error() {
     );
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test]
+async fn publish_all_reports_each_outcome_in_order() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-all");
+    declare_queue(&connection, &queue).await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+    let nowhere = unique_name("no-such-queue");
+
+    let mut messages: Vec<OutgoingMessage> = (0..100)
+        .map(|i| OutgoingMessage::json("", queue.as_str(), &i).expect("json"))
+        .collect();
+    messages.insert(
+        50,
+        OutgoingMessage::new("", nowhere.as_str(), "x").mandatory(true),
+    );
+    let outcomes = publisher.publish_all(messages).await;
+    assert_eq!(outcomes.len(), 101);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i == 50 {
+            assert!(
+                outcome.as_ref().is_err_and(PublishError::is_unroutable),
+                "{outcome:?}"
+            );
+        } else {
+            assert!(outcome.is_ok(), "message {i}: {outcome:?}");
+        }
+    }
+    assert_eq!(message_count(&connection, &queue).await, 100);
+
+    delete_queue(&connection, &queue).await;
+}
+
+#[tokio::test]
+async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-tls");
+    declare_queue(&connection, &queue).await;
+    let name = unique_name("tls-publisher");
+    let config = AmqpConfig::builder()
+        .url(&amqps_url())
+        .connection_name(name.as_str())
+        .tls_ca_file(tls_ca_cert())
+        .tls_client_cert_files(tls_client_cert(), tls_client_key())
+        .build()
+        .expect("TLS config (run scripts/rabbitmq.sh start for the test certificates)");
+    let publisher = Publisher::connect(&config)
+        .await
+        .expect("publisher over TLS");
+    publisher
+        .publish_json("", &queue, &serde_json::json!({"over": "tls"}))
+        .await
+        .expect("confirmed");
+    assert_eq!(message_count(&connection, &queue).await, 1);
+    let seen = connections_named(&name).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].ssl, "{seen:?}");
+    assert!(
+        seen[0]
+            .peer_cert_subject
+            .as_deref()
+            .is_some_and(|s| s.contains("asyncworker-test-client")),
+        "the broker saw the client certificate: {seen:?}"
+    );
+
+    // A CA that did not sign the broker's certificate: the handshake must fail.
+    let wrong_ca = AmqpConfig::builder()
+        .url(&amqps_url())
+        .tls_ca_file(tls_client_cert())
+        .build()
+        .expect("config");
+    let error = Publisher::connect(&wrong_ca)
+        .await
+        .expect_err("the broker's certificate is not signed by that CA");
+    assert!(matches!(error, PublishError::Connect(_)), "{error:?}");
+
+    delete_queue(&connection, &queue).await;
+}

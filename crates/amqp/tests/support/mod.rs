@@ -612,6 +612,8 @@ pub struct ConnectionInfo {
     pub user: String,
     /// Whether the connection uses TLS.
     pub ssl: bool,
+    /// The subject of the client certificate the peer presented over TLS, if any.
+    pub peer_cert_subject: Option<String>,
 }
 
 /// `rabbitmqctl list_connections`: every client connection of the node.
@@ -628,6 +630,7 @@ pub async fn list_connections() -> Vec<ConnectionInfo> {
         "vhost",
         "user",
         "ssl",
+        "peer_cert_subject",
         "client_properties",
     ])
     .await;
@@ -641,6 +644,10 @@ pub async fn list_connections() -> Vec<ConnectionInfo> {
             vhost: row["vhost"].as_str().unwrap_or_default().to_owned(),
             user: row["user"].as_str().unwrap_or_default().to_owned(),
             ssl: row["ssl"].as_bool().unwrap_or_default(),
+            peer_cert_subject: row["peer_cert_subject"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
         })
         .collect()
 }
