@@ -548,12 +548,10 @@ impl AmqpConfigBuilder {
         self
     }
 
-    /// Trust the CA certificate(s) in `pem` (PEM text) for the broker's certificate; implies
-    /// TLS.
-    ///
-    /// This crate enables no built-in root store: an `amqps://` connection verifies the
-    /// broker against the CAs given here, so give the CA that signed the broker's
-    /// certificate (a public CA's root for a hosted broker).
+    /// Trust the CA certificate(s) in `pem` (PEM text) for the broker's certificate, besides
+    /// the bundled Mozilla roots (webpki-roots); implies TLS. Needed for a broker whose
+    /// certificate a private CA signed. The broker's certificate is always verified, against
+    /// the host name (or IP address) connected to.
     pub fn tls_ca_pem(mut self, pem: impl Into<String>) -> Self {
         self.tls = true;
         self.ca_pem = Some(pem.into());

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use asyncworker_core::{Action, Readiness, Settlement};
 use bytes::Bytes;
@@ -21,6 +22,8 @@ use crate::error::{AmqpError, Endpoint};
 use crate::message::{AmqpMessage, Delivery, QueueMeta, REQUEUE_COUNT_HEADER};
 use crate::settle::{AmqpSettle, ChannelLife, Cmd, Outstanding, count_failure};
 
+/// How long a consumer cancellation may take at shutdown.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many settlement requests one pass of the channel task takes at most.
 const MAX_BATCH: usize = 4096;
 
@@ -242,11 +245,15 @@ impl QueueTask {
                     // Stop intake; no more deliveries are handed out. Whatever the consumer
                     // still buffers is never handed out: the broker requeues it when the
                     // channel closes.
-                    let tag = consumer.tag();
-                    if let Err(e) = ch.channel.basic_cancel(tag, BasicCancelOptions::default()).await {
-                        tracing::debug!(queue = %self.queue.name, error = %e, "basic.cancel failed");
-                    }
+                    // The stream may end now: drop this task's handle on it first.
                     self.out = None;
+                    let tag = consumer.tag();
+                    let cancel = ch.channel.basic_cancel(tag, BasicCancelOptions::default());
+                    match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(queue = %self.queue.name, error = %e, "basic.cancel failed"),
+                        Err(_) => tracing::warn!(queue = %self.queue.name, "basic.cancel not confirmed in time"),
+                    }
                     tracing::debug!(
                         route = %self.shared.route,
                         queue = %self.queue.name,

@@ -2,17 +2,19 @@
 //! acks, rejects, requeues, multi-queue routes, vhosts, named connections, heartbeat, bad
 //! credentials, reconnects, missing queues, RequeueTail, shutdown and TLS.
 
-mod broker;
+mod consuming;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use asyncworker_amqp::lapin::BasicProperties;
 use asyncworker_amqp::lapin::types::{AMQPValue, FieldTable};
+use asyncworker_amqp::lapin::{BasicProperties, Connection};
 use asyncworker_amqp::{AmqpConfig, AmqpError, AmqpSource, AmqpStream, Backoff, Connections};
 use asyncworker_core::{Action, Message, Readiness, SettleError, Shutdown, Source, SourceContext};
-use broker::*;
+use consuming::*;
 use futures::StreamExt;
+use support::*;
 
 fn start(source: AmqpSource, route: &str) -> (AmqpStream, Shutdown, Readiness) {
     init_tracing();
@@ -29,6 +31,26 @@ fn source(queues: &[&str]) -> AmqpSource {
         .unwrap()
 }
 
+/// (ready messages, consumers) of `queue`.
+async fn counts(conn: &Connection, queue: &str) -> (u32, u32) {
+    let c = queue_counts(conn, queue)
+        .await
+        .unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
+    (c.messages, c.consumers)
+}
+
+/// Poll `cond` until it holds; fail the test after `secs` seconds, saying `what`.
+async fn eventually<F, Fut>(secs: u64, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        wait_until(Duration::from_secs(secs), cond).await,
+        "timed out after {secs} s waiting for: {what}"
+    );
+}
+
 /// Shut the source down and wait for its stream to end; returns messages still handed out.
 async fn stop(mut stream: AmqpStream, shutdown: Shutdown) {
     shutdown.trigger();
@@ -38,17 +60,17 @@ async fn stop(mut stream: AmqpStream, shutdown: Shutdown) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_leave_the_queue() {
-    let (_conn, ch) = admin("/").await;
-    let q = unique("ack");
-    declare(&ch, &q, None).await;
-    publish_n(&ch, &q, "m", 50).await;
+    let conn = connect().await;
+    let q = unique_name("ack");
+    declare_queue(&conn, &q).await;
+    publish_n(&conn, &q, 50).await;
 
     let (mut stream, shutdown, readiness) = start(source(&[&q]), "ack");
     let msgs = next_messages(&mut stream, 50, 10).await;
     assert!(readiness.get(), "a consuming route is ready");
     let mut bodies: Vec<_> = msgs.iter().map(|m| m.text().unwrap().to_owned()).collect();
     bodies.sort();
-    let mut expected: Vec<_> = (0..50).map(|i| format!("m-{i}")).collect();
+    let mut expected: Vec<_> = (0..50).map(|i| format!("message-{i}")).collect();
     expected.sort();
     assert_eq!(bodies, expected);
     for m in &msgs {
@@ -60,27 +82,18 @@ async fn acked_messages_leave_the_queue() {
     // must be empty, with no consumer left.
     stop(stream, shutdown).await;
     assert!(!readiness.get());
-    assert_eq!(counts(&ch, &q).await, (0, 0));
-    let line = rabbitmqctl(&[
-        "list_queues",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ]);
-    let row = line
-        .lines()
-        .find(|l| l.starts_with(&format!("{q}\t")))
-        .unwrap();
-    assert_eq!(row, format!("{q}\t0\t0"));
-    delete(&ch, &q).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    let info = queue_info("/", &q).await.expect("the queue is listed");
+    assert_eq!((info.messages_ready, info.messages_unacknowledged), (0, 0));
+    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeued_message_comes_back_redelivered() {
-    let (_conn, ch) = admin("/").await;
-    let q = unique("requeue");
-    declare(&ch, &q, None).await;
-    publish(&ch, &q, b"again", BasicProperties::default()).await;
+    let conn = connect().await;
+    let q = unique_name("requeue");
+    declare_queue(&conn, &q).await;
+    publish_bodies(&conn, &q, [b"again"]).await;
 
     let (mut stream, shutdown, _) = start(source(&[&q]), "requeue");
     let (first, _) = next_message(&mut stream, 10).await;
@@ -102,19 +115,19 @@ async fn requeued_message_comes_back_redelivered() {
     );
     second.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    assert_eq!(counts(&ch, &q).await, (0, 0));
-    delete(&ch, &q).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_messages_are_dead_lettered_and_mixed_marks_apply() {
-    let (_conn, ch) = admin("/").await;
-    let q = unique("mixed");
-    let dlq = unique("mixed-dlq");
-    declare(&ch, &dlq, None).await;
-    declare(&ch, &q, Some(&dlq)).await;
+    let conn = connect().await;
+    let q = unique_name("mixed");
+    let dlq = unique_name("mixed-dlq");
+    declare_queue(&conn, &dlq).await;
+    declare_queue_with(&conn, &q, &QueueSpec::dead_letter_to(&dlq)).await;
     for body in ["accept", "reject", "untouched"] {
-        publish(&ch, &q, body.as_bytes(), BasicProperties::default()).await;
+        publish_bodies(&conn, &q, [body.as_bytes()]).await;
     }
 
     let (mut stream, shutdown, _) = start(source(&[&q]), "mixed");
@@ -140,22 +153,22 @@ async fn rejected_messages_are_dead_lettered_and_mixed_marks_apply() {
     stop(stream, shutdown).await;
 
     eventually(10, "the rejected message reaches the DLQ", || async {
-        counts(&ch, &dlq).await.0 == 1
+        counts(&conn, &dlq).await.0 == 1
     })
     .await;
-    assert_eq!(counts(&ch, &q).await, (0, 0));
-    delete(&ch, &q).await;
-    delete(&ch, &dlq).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
+    delete_queue(&conn, &dlq).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_route_consumes_two_queues() {
-    let (_conn, ch) = admin("/").await;
-    let (q1, q2) = (unique("two-a"), unique("two-b"));
-    declare(&ch, &q1, None).await;
-    declare(&ch, &q2, None).await;
-    publish_n(&ch, &q1, "a", 3).await;
-    publish_n(&ch, &q2, "b", 3).await;
+    let conn = connect().await;
+    let (q1, q2) = (unique_name("two-a"), unique_name("two-b"));
+    declare_queue(&conn, &q1).await;
+    declare_queue(&conn, &q2).await;
+    publish_bodies(&conn, &q1, ["a-0", "a-1", "a-2"]).await;
+    publish_bodies(&conn, &q2, ["b-0", "b-1", "b-2"]).await;
 
     let (mut stream, shutdown, readiness) = start(source(&[&q1, &q2]), "two");
     let msgs = next_messages(&mut stream, 6, 10).await;
@@ -170,50 +183,43 @@ async fn one_route_consumes_two_queues() {
     }
     assert!(readiness.get());
     stop(stream, shutdown).await;
-    assert_eq!(counts(&ch, &q1).await, (0, 0));
-    assert_eq!(counts(&ch, &q2).await, (0, 0));
-    delete(&ch, &q1).await;
-    delete(&ch, &q2).await;
+    assert_eq!(counts(&conn, &q1).await, (0, 0));
+    assert_eq!(counts(&conn, &q2).await, (0, 0));
+    delete_queue(&conn, &q1).await;
+    delete_queue(&conn, &q2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_consumes_on_a_non_default_vhost() {
-    let vhost = unique("vhost");
-    rabbitmqctl(&["add_vhost", &vhost]);
-    rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
-    let result = async {
-        let (_conn, ch) = admin(&vhost).await;
-        let q = unique("vq");
-        declare(&ch, &q, None).await;
-        publish(&ch, &q, b"in a vhost", BasicProperties::default()).await;
+    let vhost = TestVhost::create("vhost").await;
+    let conn = connect_vhost(vhost.name()).await;
+    let q = unique_name("vq");
+    declare_queue(&conn, &q).await;
+    publish_bodies(&conn, &q, [b"in a vhost"]).await;
 
-        let src = AmqpSource::builder(config().build().unwrap(), [q.as_str()])
-            .vhost(vhost.as_str())
-            .build()
-            .unwrap();
-        assert_eq!(src.vhost(), vhost);
-        let (mut stream, shutdown, _) = start(src, "vhost");
-        let (msg, _) = next_message(&mut stream, 10).await;
-        assert_eq!(msg.text().unwrap(), "in a vhost");
-        msg.settlement().settle(Action::Ack).unwrap();
-        stop(stream, shutdown).await;
-        assert_eq!(counts(&ch, &q).await, (0, 0));
-    }
-    .await;
-    rabbitmqctl(&["delete_vhost", &vhost]);
-    result
+    let src = AmqpSource::builder(config().build().unwrap(), [q.as_str()])
+        .vhost(vhost.name())
+        .build()
+        .unwrap();
+    assert_eq!(src.vhost(), vhost.name());
+    let (mut stream, shutdown, _) = start(src, "vhost");
+    let (msg, _) = next_message(&mut stream, 10).await;
+    assert_eq!(msg.text().unwrap(), "in a vhost");
+    msg.settlement().settle(Action::Ack).unwrap();
+    stop(stream, shutdown).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_pick_named_connections_and_the_heartbeat_reaches_the_broker() {
-    let (_conn, ch) = admin("/").await;
-    let (qa, qb) = (unique("named-a"), unique("named-b"));
-    declare(&ch, &qa, None).await;
-    declare(&ch, &qb, None).await;
-    publish(&ch, &qa, b"for a", BasicProperties::default()).await;
-    publish(&ch, &qb, b"for b", BasicProperties::default()).await;
+    let conn = connect().await;
+    let (qa, qb) = (unique_name("named-a"), unique_name("named-b"));
+    declare_queue(&conn, &qa).await;
+    declare_queue(&conn, &qb).await;
+    publish_bodies(&conn, &qa, [b"for a"]).await;
+    publish_bodies(&conn, &qb, [b"for b"]).await;
 
-    let (name_a, name_b) = (unique("conn-a"), unique("conn-b"));
+    let (name_a, name_b) = (unique_name("conn-a"), unique_name("conn-b"));
     let mut connections = Connections::new();
     connections
         .insert(
@@ -253,28 +259,29 @@ async fn routes_pick_named_connections_and_the_heartbeat_reaches_the_broker() {
     assert_eq!((ma.text().unwrap(), mb.text().unwrap()), ("for a", "for b"));
 
     // Each connection carries its registry name and its own heartbeat, broker side.
-    let line_a = connection_line(&name_a).expect("connection a is listed");
-    let line_b = connection_line(&name_b).expect("connection b is listed");
-    assert_eq!(line_a.split('\t').nth(1), Some("7"), "{line_a}");
-    assert_eq!(line_b.split('\t').nth(1), Some("11"), "{line_b}");
+    let a = connections_named(&name_a).await;
+    let b = connections_named(&name_b).await;
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!((a[0].timeout, b[0].timeout), (7, 11));
 
     ma.settlement().settle(Action::Ack).unwrap();
     mb.settlement().settle(Action::Ack).unwrap();
     stop(sa, shut_a).await;
     stop(sb, shut_b).await;
     assert!(
-        connection_line(&name_a).is_none(),
+        connections_named(&name_a).await.is_empty(),
         "the connection is closed on shutdown"
     );
-    delete(&ch, &qa).await;
-    delete(&ch, &qb).await;
+    delete_queue(&conn, &qa).await;
+    delete_queue(&conn, &qb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_gives_a_clear_error_and_bounded_retries_with_backoff() {
     let secret = "definitely-not-the-password";
     let config = AmqpConfig::builder()
-        .url(&url())
+        .url(&amqp_url())
         .password(secret)
         .reconnect(
             Backoff::default()
@@ -322,7 +329,12 @@ async fn wrong_password_gives_a_clear_error_and_bounded_retries_with_backoff() {
     }
     let first = errors[0].to_string();
     assert!(first.contains("authentication refused"), "{first}");
-    assert!(first.contains("127.0.0.1:5672"), "{first}");
+    let endpoint = consuming::config()
+        .build()
+        .unwrap()
+        .endpoint("/")
+        .to_string();
+    assert!(first.contains(&endpoint), "{first} names {endpoint}");
     assert!(first.contains("user name and password"), "{first}");
 
     let calls = calls.lock().unwrap();
@@ -339,12 +351,12 @@ async fn wrong_password_gives_a_clear_error_and_bounded_retries_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted() {
     install_metrics();
-    let (_conn, ch) = admin("/").await;
-    let q = unique("reconnect");
-    declare(&ch, &q, None).await;
-    publish(&ch, &q, b"survivor", BasicProperties::default()).await;
+    let conn = connect().await;
+    let q = unique_name("reconnect");
+    declare_queue(&conn, &q).await;
+    publish_bodies(&conn, &q, [b"survivor"]).await;
 
-    let name = unique("reconnecting");
+    let name = unique_name("reconnecting");
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = calls.clone();
     let src = AmqpSource::builder(
@@ -363,7 +375,7 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
     assert!(!old.redelivered());
     eventually(5, "the route is ready", || async { readiness.get() }).await;
 
-    close_connection(&name);
+    assert_eq!(close_connection_named(&name).await, 1);
 
     // The broker requeues the unsettled message; the source reconnects and consumes again.
     let (again, errors) = next_message(&mut stream, 20).await;
@@ -401,17 +413,17 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
     );
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    assert_eq!(counts(&ch, &q).await, (0, 0));
-    delete(&ch, &q).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_queue_is_reported_and_retried_while_the_others_are_consumed() {
-    let (_conn, ch) = admin("/").await;
-    let present = unique("present");
-    let missing = unique("missing");
-    declare(&ch, &present, None).await;
-    publish(&ch, &present, b"here", BasicProperties::default()).await;
+    let conn = connect().await;
+    let present = unique_name("present");
+    let missing = unique_name("missing");
+    declare_queue(&conn, &present).await;
+    publish_bodies(&conn, &present, [b"here"]).await;
 
     let (mut stream, shutdown, readiness) = start(source(&[&present, &missing]), "partial");
     let mut errors = Vec::new();
@@ -440,8 +452,8 @@ async fn a_missing_queue_is_reported_and_retried_while_the_others_are_consumed()
     assert!(!readiness.get(), "not ready while a queue is not consumed");
 
     // The queue appears: the retry picks it up.
-    declare(&ch, &missing, None).await;
-    publish(&ch, &missing, b"late", BasicProperties::default()).await;
+    declare_queue(&conn, &missing).await;
+    publish_bodies(&conn, &missing, [b"late"]).await;
     let (late, _) = next_message(&mut stream, 15).await;
     assert_eq!(
         (late.queue(), late.text().unwrap()),
@@ -453,31 +465,32 @@ async fn a_missing_queue_is_reported_and_retried_while_the_others_are_consumed()
     })
     .await;
     stop(stream, shutdown).await;
-    assert_eq!(counts(&ch, &present).await, (0, 0));
-    assert_eq!(counts(&ch, &missing).await, (0, 0));
-    delete(&ch, &present).await;
-    delete(&ch, &missing).await;
+    assert_eq!(counts(&conn, &present).await, (0, 0));
+    assert_eq!(counts(&conn, &missing).await, (0, 0));
+    delete_queue(&conn, &present).await;
+    delete_queue(&conn, &missing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_tail_goes_behind_the_queue_and_the_cap_dead_letters() {
-    let (_conn, ch) = admin("/").await;
-    let q = unique("tail");
-    let dlq = unique("tail-dlq");
-    declare(&ch, &dlq, None).await;
-    declare(&ch, &q, Some(&dlq)).await;
+    let conn = connect().await;
+    let q = unique_name("tail");
+    let dlq = unique_name("tail-dlq");
+    declare_queue(&conn, &dlq).await;
+    declare_queue_with(&conn, &q, &QueueSpec::dead_letter_to(&dlq)).await;
     let mut headers = FieldTable::default();
     headers.insert("x-custom".into(), AMQPValue::LongString("kept".into()));
-    publish(
-        &ch,
+    publish_with(
+        &conn,
+        "",
         &q,
-        b"poison",
+        [b"poison"],
         BasicProperties::default()
             .with_message_id("id-1".into())
             .with_headers(headers),
     )
     .await;
-    publish(&ch, &q, b"next", BasicProperties::default()).await;
+    publish_bodies(&conn, &q, [b"next"]).await;
 
     let src = AmqpSource::builder(config().prefetch(1).build().unwrap(), [q.as_str()])
         .requeue_tail_cap(2)
@@ -512,13 +525,13 @@ async fn requeue_tail_goes_behind_the_queue_and_the_cap_dead_letters() {
     }
     // The third RequeueTail exceeds the cap of 2: rejected, so dead-lettered.
     eventually(10, "the capped message reaches the DLQ", || async {
-        counts(&ch, &dlq).await.0 == 1
+        counts(&conn, &dlq).await.0 == 1
     })
     .await;
     stop(stream, shutdown).await;
-    assert_eq!(counts(&ch, &q).await, (0, 0));
-    delete(&ch, &q).await;
-    delete(&ch, &dlq).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
+    delete_queue(&conn, &dlq).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,13 +541,13 @@ async fn an_undecodable_body_is_rejected_not_requeued() {
         #[allow(dead_code)]
         id: u64,
     }
-    let (_conn, ch) = admin("/").await;
-    let q = unique("poison");
-    let dlq = unique("poison-dlq");
-    declare(&ch, &dlq, None).await;
-    declare(&ch, &q, Some(&dlq)).await;
-    publish(&ch, &q, b"{\"id\": 1}", BasicProperties::default()).await;
-    publish(&ch, &q, b"not json", BasicProperties::default()).await;
+    let conn = connect().await;
+    let q = unique_name("poison");
+    let dlq = unique_name("poison-dlq");
+    declare_queue(&conn, &dlq).await;
+    declare_queue_with(&conn, &q, &QueueSpec::dead_letter_to(&dlq)).await;
+    publish_bodies(&conn, &q, [&b"{\"id\": 1}"[..]]).await;
+    publish_bodies(&conn, &q, [b"not json"]).await;
 
     let (mut stream, shutdown, _) = start(source(&[&q]), "poison");
     let batch = next_messages(&mut stream, 2, 10).await;
@@ -555,20 +568,20 @@ async fn an_undecodable_body_is_rejected_not_requeued() {
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
     eventually(10, "the poison message reaches the DLQ", || async {
-        counts(&ch, &dlq).await.0 == 1
+        counts(&conn, &dlq).await.0 == 1
     })
     .await;
-    assert_eq!(counts(&ch, &q).await, (0, 0));
-    delete(&ch, &q).await;
-    delete(&ch, &dlq).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
+    delete_queue(&conn, &dlq).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prefetch_bounds_unsettled_deliveries() {
-    let (_conn, ch) = admin("/").await;
-    let q = unique("prefetch");
-    declare(&ch, &q, None).await;
-    publish_n(&ch, &q, "p", 10).await;
+    let conn = connect().await;
+    let q = unique_name("prefetch");
+    declare_queue(&conn, &q).await;
+    publish_n(&conn, &q, 10).await;
 
     let src = AmqpSource::builder(config().prefetch(3).build().unwrap(), [q.as_str()])
         .build()
@@ -579,7 +592,7 @@ async fn the_prefetch_bounds_unsettled_deliveries() {
     // With 3 unsettled, the broker sends nothing more.
     let more = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
     assert!(more.is_err(), "a fourth delivery arrived: {more:?}");
-    assert_eq!(counts(&ch, &q).await.0, 7);
+    assert_eq!(counts(&conn, &q).await.0, 7);
     for m in &first {
         m.settlement().settle(Action::Ack).unwrap();
     }
@@ -588,16 +601,16 @@ async fn the_prefetch_bounds_unsettled_deliveries() {
         m.settlement().settle(Action::Ack).unwrap();
     }
     stop(stream, shutdown).await;
-    assert_eq!(counts(&ch, &q).await, (0, 0));
-    delete(&ch, &q).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cancels_consumers_but_keeps_channels_until_everything_is_settled() {
-    let (_conn, ch) = admin("/").await;
-    let q = unique("shutdown");
-    declare(&ch, &q, None).await;
-    publish_n(&ch, &q, "s", 20).await;
+    let conn = connect().await;
+    let q = unique_name("shutdown");
+    declare_queue(&conn, &q).await;
+    publish_n(&conn, &q, 20).await;
 
     let src = AmqpSource::builder(config().prefetch(5).build().unwrap(), [q.as_str()])
         .build()
@@ -611,7 +624,7 @@ async fn shutdown_cancels_consumers_but_keeps_channels_until_everything_is_settl
     assert!(!readiness.get());
     // The consumer is cancelled, but the channel stays open for the held messages.
     eventually(5, "the consumer is cancelled", || async {
-        counts(&ch, &q).await == (15, 0)
+        counts(&conn, &q).await == (15, 0)
     })
     .await;
     for m in &held {
@@ -622,24 +635,20 @@ async fn shutdown_cancels_consumers_but_keeps_channels_until_everything_is_settl
     // The acks went through on the still-open channel: the five are gone for good (had the
     // channel closed first, they would be back in the queue).
     eventually(5, "no unacknowledged message is left", || async {
-        let out = rabbitmqctl(&[
-            "list_queues",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ]);
-        out.lines().any(|l| l == format!("{q}\t15\t0"))
+        queue_info("/", &q)
+            .await
+            .is_some_and(|i| (i.messages_ready, i.messages_unacknowledged) == (15, 0))
     })
     .await;
-    delete(&ch, &q).await;
+    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsettled_messages_dropped_by_the_handler_are_requeued() {
-    let (_conn, ch) = admin("/").await;
-    let q = unique("dropped");
-    declare(&ch, &q, None).await;
-    publish(&ch, &q, b"dropped", BasicProperties::default()).await;
+    let conn = connect().await;
+    let q = unique_name("dropped");
+    declare_queue(&conn, &q).await;
+    publish_bodies(&conn, &q, [b"dropped"]).await;
 
     let (mut stream, shutdown, _) = start(source(&[&q]), "dropped");
     let (msg, _) = next_message(&mut stream, 10).await;
@@ -648,28 +657,27 @@ async fn unsettled_messages_dropped_by_the_handler_are_requeued() {
     assert!(again.redelivered());
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    assert_eq!(counts(&ch, &q).await, (0, 0));
-    delete(&ch, &q).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumes_over_tls_with_verification() {
-    let dir = std::env::var("ASYNCWORKER_TEST_TLS_DIR")
-        .unwrap_or_else(|_| "/tmp/asyncworker-rabbitmq/tls".to_owned());
-    let ca = format!("{dir}/ca.pem");
+    let ca = tls_ca_cert();
     assert!(
-        std::path::Path::new(&ca).exists(),
-        "no test CA at {ca}: start the broker with scripts/rabbitmq.sh start"
+        ca.exists(),
+        "no test CA at {}: start the broker with scripts/rabbitmq.sh start",
+        ca.display()
     );
-    let (_conn, ch) = admin("/").await;
-    let q = unique("tls");
-    declare(&ch, &q, None).await;
-    publish(&ch, &q, b"secret", BasicProperties::default()).await;
+    let conn = connect().await;
+    let q = unique_name("tls");
+    declare_queue(&conn, &q).await;
+    publish_bodies(&conn, &q, [b"secret"]).await;
 
     let config = AmqpConfig::builder()
-        .url("amqps://guest:guest@localhost:5671/%2f")
+        .url(&amqps_url())
         .tls_ca_file(&ca)
-        .tls_client_cert_files(format!("{dir}/client.pem"), format!("{dir}/client.key"))
+        .tls_client_cert_files(tls_client_cert(), tls_client_key())
         .build()
         .unwrap();
     let (mut stream, shutdown, _) = start(
@@ -680,14 +688,14 @@ async fn consumes_over_tls_with_verification() {
     assert_eq!(msg.text().unwrap(), "secret");
     msg.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    assert_eq!(counts(&ch, &q).await, (0, 0));
+    assert_eq!(counts(&conn, &q).await, (0, 0));
 
     // Verification is on: without the test CA the broker's certificate is not trusted.
-    let untrusted = AmqpConfig::from_url("amqps://guest:guest@localhost:5671/%2f")
+    let untrusted = AmqpConfig::from_url(&amqps_url())
         .unwrap()
         .connect()
         .await
         .unwrap_err();
     assert_eq!(untrusted.kind(), "connect", "{untrusted}");
-    delete(&ch, &q).await;
+    delete_queue(&conn, &q).await;
 }
