@@ -245,8 +245,6 @@ impl QueueTask {
                     // Stop intake; no more deliveries are handed out. Whatever the consumer
                     // still buffers is never handed out: the broker requeues it when the
                     // channel closes.
-                    // The stream may end now: drop this task's handle on it first.
-                    self.out = None;
                     let tag = consumer.tag();
                     let cancel = ch.channel.basic_cancel(tag, BasicCancelOptions::default());
                     match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
@@ -254,6 +252,8 @@ impl QueueTask {
                         Ok(Err(e)) => tracing::debug!(queue = %self.queue.name, error = %e, "basic.cancel failed"),
                         Err(_) => tracing::warn!(queue = %self.queue.name, "basic.cancel not confirmed in time"),
                     }
+                    // Consumers cancelled: this task's part of the stream is over.
+                    self.out = None;
                     tracing::debug!(
                         route = %self.shared.route,
                         queue = %self.queue.name,
