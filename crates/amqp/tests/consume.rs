@@ -699,3 +699,41 @@ async fn consumes_over_tls_with_verification() {
     assert_eq!(untrusted.kind(), "connect", "{untrusted}");
     delete_queue(&conn, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_deleted_while_consumed_is_consumed_again_once_it_is_back() {
+    let conn = connect().await;
+    let q = unique_name("deleted");
+    declare_queue(&conn, &q).await;
+    publish_bodies(&conn, &q, [b"before"]).await;
+
+    let (mut stream, shutdown, readiness) = start(source(&[&q]), "deleted");
+    let (before, _) = next_message(&mut stream, 10).await;
+    before.settlement().settle(Action::Ack).unwrap();
+    eventually(5, "the route is ready", || async { readiness.get() }).await;
+
+    delete_queue(&conn, &q).await;
+    // The broker cancels the consumer; the source reports it, then the missing queue.
+    let mut kinds = Vec::new();
+    while !kinds.contains(&"queue_not_found") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Err(e))) => {
+                assert_eq!(e.queue(), Some(q.as_str()), "{e}");
+                kinds.push(e.kind());
+            }
+            other => panic!("expected errors about {q}, got {other:?} after {kinds:?}"),
+        }
+    }
+    assert_eq!(kinds.first(), Some(&"consumer_ended"), "{kinds:?}");
+    assert!(!readiness.get());
+
+    declare_queue(&conn, &q).await;
+    publish_bodies(&conn, &q, [b"after"]).await;
+    let (after, _) = next_message(&mut stream, 15).await;
+    assert_eq!(after.text().unwrap(), "after");
+    after.settlement().settle(Action::Ack).unwrap();
+    eventually(5, "ready again", || async { readiness.get() }).await;
+    stop(stream, shutdown).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
+}
