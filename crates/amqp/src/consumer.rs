@@ -1,8 +1,8 @@
 //! The task that consumes one queue of a route: its own channel, QoS, consumer, settlements
 //! and requeue-tail copies; retried with backoff when the queue cannot be consumed.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asyncworker_core::{Action, Readiness, Settlement};
@@ -44,9 +44,27 @@ pub(crate) struct RouteShared {
     pub(crate) queue_count: usize,
     /// Channels opened so far, to number channel generations.
     pub(crate) channels_opened: AtomicU64,
+    /// What ended the current connection, as first noticed.
+    pub(crate) loss_reason: Mutex<Option<String>>,
 }
 
 impl RouteShared {
+    /// Record why the connection was lost, unless a reason is already known.
+    pub(crate) fn note_loss(&self, reason: impl FnOnce() -> String) {
+        let mut slot = self.loss_reason.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(reason());
+        }
+    }
+
+    /// Take the recorded reason of the connection's loss.
+    pub(crate) fn take_loss(&self) -> Option<String> {
+        self.loss_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     fn consuming_changed(&self, delta: isize) {
         let now = if delta > 0 {
             self.consuming.fetch_add(1, Ordering::AcqRel) + 1
@@ -273,6 +291,7 @@ impl QueueTask {
                         break if self.connection_alive() {
                             Ended::Channel(format!("a settlement failed: {e}"))
                         } else {
+                            self.shared.note_loss(|| e.to_string());
                             Ended::ConnectionLost
                         };
                     }
@@ -301,6 +320,7 @@ impl QueueTask {
                         break if self.connection_alive() {
                             Ended::Channel(e.to_string())
                         } else {
+                            self.shared.note_loss(|| e.to_string());
                             Ended::ConnectionLost
                         };
                     }

@@ -62,3 +62,22 @@ pub use source::{AmqpSource, AmqpSourceBuilder, AmqpStream};
 /// The lapin version this crate is built on, re-exported so its types (properties, field
 /// tables, connections) can be named.
 pub use lapin;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        send_sync::<AmqpConfig>();
+        send_sync::<Connections>();
+        send_sync::<AmqpMessage>();
+        send_sync::<AmqpError>();
+        send_sync::<DecodeError>();
+        send_sync::<AmqpSource>();
+        send::<AmqpStream>();
+    }
+}

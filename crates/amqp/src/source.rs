@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -274,6 +274,7 @@ impl Source for AmqpSource {
             consuming: AtomicUsize::new(0),
             queue_count: self.queues.len(),
             channels_opened: AtomicU64::new(0),
+            loss_reason: Mutex::new(None),
         });
         let queues = self
             .queues
@@ -488,21 +489,27 @@ impl Supervisor {
             );
             attempt = 0;
             reconnecting = true;
+            self.shared.take_loss();
             self.gauge(true);
             match self.run_connection(Arc::new(conn)).await {
                 Generation::Stopped => break,
                 Generation::Lost => {
                     self.gauge(false);
-                    let error = AmqpError::ConnectionLost {
-                        endpoint: endpoint.clone(),
-                        reason: "the connection closed or failed".to_owned(),
-                    };
+                    let reason = self
+                        .shared
+                        .take_loss()
+                        .unwrap_or_else(|| "the connection closed".to_owned());
                     tracing::warn!(
                         route = %self.shared.route,
                         host = %endpoint.host(),
                         vhost = %endpoint.vhost(),
+                        %reason,
                         "connection lost; reconnecting",
                     );
+                    let error = AmqpError::ConnectionLost {
+                        endpoint: endpoint.clone(),
+                        reason,
+                    };
                     self.emit(Err(error));
                 }
             }
@@ -541,6 +548,14 @@ impl Supervisor {
                 () = stop.cancelled() => break Generation::Stopped,
                 () = tokio::time::sleep(WATCH_INTERVAL) => {
                     if !conn.status().connected() {
+                        self.shared.note_loss(|| {
+                            let status = conn.status();
+                            if status.errored() {
+                                "the connection failed".to_owned()
+                            } else {
+                                "the connection was closed".to_owned()
+                            }
+                        });
                         lost.cancel();
                     }
                 }
@@ -626,6 +641,7 @@ async fn watch_events(conn: Arc<Connection>, lost: CancellationToken, shared: Ar
             }
             Event::Error(error) if !conn.status().connected() => {
                 tracing::debug!(route = %shared.route, %error, "connection error");
+                shared.note_loss(|| error.to_string());
                 lost.cancel();
             }
             _ => {}
