@@ -24,6 +24,9 @@ use crate::settle::{AmqpSettle, ChannelLife, Cmd, Outstanding, count_failure};
 
 /// How long a consumer cancellation may take at shutdown.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a requeue-tail copy may take to be confirmed before the original is requeued
+/// instead (a blocked connection would otherwise hold it, and a graceful shutdown, forever).
+const REQUEUE_TAIL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many settlement requests one pass of the channel task takes at most.
 const MAX_BATCH: usize = 4096;
 
@@ -540,8 +543,12 @@ async fn publish_copy(publisher: &Channel, queue: &QueueMeta, d: &Delivery, coun
             )
             .await?
             .await
-    }
-    .await;
+    };
+    let Ok(result) = tokio::time::timeout(REQUEUE_TAIL_TIMEOUT, result).await else {
+        tracing::warn!(queue = %queue.name, delivery_tag = d.delivery_tag, timeout = ?REQUEUE_TAIL_TIMEOUT,
+            "requeue-tail copy not confirmed in time (blocked connection?); requeueing the original instead");
+        return false;
+    };
     match result {
         Ok(Confirmation::Ack(None)) => true,
         Ok(Confirmation::Ack(Some(_))) => {

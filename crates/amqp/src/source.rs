@@ -47,6 +47,15 @@ type Callback = Arc<dyn Fn(&AmqpError, u32) + Send + Sync>;
 ///   open until every message it handed out has been settled; then closes the channels and
 ///   the connection.
 ///
+/// A message marked [`Action::RequeueTail`] is copied to the tail of its queue (default
+/// exchange, routing key = queue name, same properties and headers, the
+/// [`REQUEUE_COUNT_HEADER`](crate::REQUEUE_COUNT_HEADER) incremented) on a confirm-mode
+/// channel of the same connection; the original is acked only once the broker confirmed the
+/// copy. When the copy cannot be published (unroutable, nacked, not confirmed within 30 s), the
+/// original is requeued instead: nothing is lost. Past the
+/// [`requeue_tail_cap`](AmqpSourceBuilder::requeue_tail_cap), the message is rejected
+/// (dead-lettered) instead.
+///
 /// [`max_in_flight`](Source::max_in_flight) is the prefetch, so the core's Bulk layer clamps
 /// the batch size to it: a batch can always fill. (With several queues the route may hold up
 /// to prefetch × queues messages.)
