@@ -35,6 +35,7 @@ LOCK_FILE="$STATE_DIR/lock"
 START_TIMEOUT="${ASYNCWORKER_RABBITMQ_START_TIMEOUT:-90}"
 AMQP_PORT=5672
 AMQPS_PORT=5671
+TLS_REGENERATED=0
 
 # The node environment (see the note on RabbitMQ in the project docs): a pinned node name that
 # does not depend on the hostname resolving, and every listener on loopback only.
@@ -86,6 +87,7 @@ generate_tls() {
         return 0
     fi
     log "generating test TLS material in $TLS_DIR"
+    TLS_REGENERATED=1
     local tmp
     tmp="$(mktemp -d "$STATE_DIR/tls.XXXXXX")"
     (
@@ -196,7 +198,7 @@ start() {
     write_config
 
     if node_up; then
-        if tls_listener_up; then
+        if tls_listener_up && [ "$TLS_REGENERATED" -eq 0 ]; then
             # A test killed mid-run may have left the memory watermark at 0, which blocks
             # every publisher on the machine: undo that.
             if ! diag -q check_local_alarms >/dev/null 2>&1; then
@@ -206,7 +208,11 @@ start() {
             log "$RABBITMQ_NODENAME is already up (amqp $AMQP_PORT, amqps $AMQPS_PORT)"
             return 0
         fi
-        log "$RABBITMQ_NODENAME is up without the TLS listener: restarting it with $CONF_FILE"
+        if [ "$TLS_REGENERATED" -eq 1 ]; then
+            log "$RABBITMQ_NODENAME is up with other certificates: restarting it with $CONF_FILE"
+        else
+            log "$RABBITMQ_NODENAME is up without the TLS listener: restarting it with $CONF_FILE"
+        fi
         stop_node
     fi
 
