@@ -767,17 +767,21 @@ impl Publisher {
         match tokio::time::timeout(inner.timeout, attempt).await {
             Ok(result) => result,
             Err(_elapsed) => {
-                // The channel may hold the timed-out confirm forever (a blocked connection):
-                // start afresh next time. Closing it here could block too; dropping our handle
-                // lets lapin close it once nothing uses it.
-                if let Ok(mut channel) = lane.try_lock() {
-                    *channel = None;
-                }
                 let blocked = inner
                     .status
                     .lock()
                     .map(|status| status.blocked())
                     .unwrap_or(false);
+                // A mandatory lane's channel has already been retired (`RetireOnDrop`). The
+                // shared channel is replaced unless the whole connection is blocked, where a
+                // new channel would not help and each timeout would leave one more behind.
+                // Dropping our handle lets lapin close it once nothing uses it.
+                if !mandatory
+                    && !blocked
+                    && let Ok(mut channel) = lane.try_lock()
+                {
+                    *channel = None;
+                }
                 tracing::warn!(
                     exchange = %message.exchange,
                     routing_key = %message.routing_key,
@@ -813,8 +817,13 @@ impl Publisher {
             .await
             .map_err(|error| error.into_publish_error(exchange, routing_key))?;
         let result = if mandatory {
+            // If this future is dropped before the confirm (a timeout, a cancelled caller),
+            // the broker's `basic.return` for this message may still arrive on the channel,
+            // and lapin would hand it to the next mandatory publish's confirm: retire the
+            // channel instead.
+            let mut retire = RetireOnDrop(Some(guard));
             let result = self.send(&channel, message, true).await;
-            drop(guard);
+            retire.0 = None;
             result
         } else {
             drop(guard);
@@ -914,6 +923,18 @@ impl Publisher {
         }
         *connection = Arc::clone(&fresh);
         Ok(fresh)
+    }
+}
+
+/// Holds a mandatory lane while its publish is in flight; dropped before being disarmed (the
+/// publish future was dropped), it retires the lane's channel.
+struct RetireOnDrop<'a>(Option<tokio::sync::MutexGuard<'a, Option<Channel>>>);
+
+impl Drop for RetireOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(guard) = self.0.as_mut() {
+            **guard = None;
+        }
     }
 }
 

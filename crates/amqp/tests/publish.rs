@@ -564,3 +564,42 @@ async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
 
     delete_queue(&connection, &queue).await;
 }
+
+#[tokio::test]
+async fn a_cancelled_mandatory_publish_does_not_blame_the_next_one() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-cancelled");
+    declare_queue(&connection, &queue).await;
+    let proxy = TcpProxy::to_broker().await;
+    let publisher = Publisher::builder()
+        .mandatory(true)
+        .timeout(Duration::from_secs(10))
+        .connect(&AmqpConfig::from_url(&proxy.url()).expect("proxy URL"))
+        .await
+        .expect("publisher through the proxy");
+    publisher
+        .publish_bytes("", &queue, "warm-up")
+        .await
+        .expect("confirmed");
+
+    // An unroutable mandatory message, held in the proxy, whose caller gives up.
+    proxy.freeze();
+    let nowhere = unique_name("no-such-queue");
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        publisher.publish_bytes("", &nowhere, "given up"),
+    )
+    .await;
+    assert!(cancelled.is_err(), "still in flight when cancelled");
+    // Now the broker gets it and returns it; the next mandatory publish must not receive
+    // that return as its own.
+    proxy.resume();
+    publisher
+        .publish_bytes("", &queue, "routable")
+        .await
+        .expect("a routable message is not reported unroutable");
+    assert_eq!(message_count(&connection, &queue).await, 2);
+
+    delete_queue(&connection, &queue).await;
+}
