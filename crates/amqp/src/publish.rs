@@ -25,9 +25,17 @@
 //!
 //! A channel the broker closes (publishing to an exchange that does not exist closes it with
 //! 404) is replaced on the next publish; a publisher made with [`PublisherBuilder::connect`]
-//! also reconnects when its connection is gone. After a timeout the channel is replaced too,
+//! also reconnects when its connection is gone. After a timeout the channel is replaced too
+//! (unless the broker has blocked the whole connection, where a new channel would not help),
 //! and the timed-out message may still reach the broker later: publishing is at-least-once,
-//! so a caller that retries after a timeout may produce a duplicate.
+//! so a caller that retries after a timeout may produce a duplicate. A mandatory publish
+//! whose future is dropped early retires its channel, so a late `basic.return` cannot be
+//! blamed on the next message.
+//!
+//! # Metrics
+//!
+//! `asyncworker_amqp_published_total{outcome}` counts publishes by outcome: `confirmed`,
+//! `sent` (confirms off), `unroutable`, `nacked`, `timeout`, `error`.
 //!
 //! # Example
 //!
