@@ -27,8 +27,8 @@
 //! persistent, confirmed, `PUBLISH_WINDOW` publishes in flight; from the first publish to the
 //! last confirm:
 //!
-//! - `pub-raw`: raw lapin, `basic.publish` then its confirm awaited in window order (this also
-//!   fills every drain arm's queue);
+//! - `pub-raw`: raw lapin, `basic.publish` then its confirm awaited, `PUBLISH_WINDOW` at a
+//!   time with `buffer_unordered` (this also fills every drain arm's queue);
 //! - `pub-aw`: asyncworker's `Publisher::publish` (confirm awaited, timeout on), driven
 //!   `PUBLISH_WINDOW` at a time with `buffer_unordered`.
 //!
@@ -45,7 +45,6 @@
 //! | `ROUNDS` | `1` | run every arm this many times (interleaved); the median is reported |
 //! | `RUST_LOG` | unset | when set, the children log (tracing) to stderr |
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -264,7 +263,9 @@ fn body(bytes: usize) -> Vec<u8> {
     body.into_bytes()
 }
 
-/// Raw lapin, publisher confirms, at most `PUBLISH_WINDOW` unconfirmed publishes.
+/// Raw lapin, publisher confirms, `PUBLISH_WINDOW` publishes in flight: each sends its
+/// `basic.publish` and awaits its confirm, driven like the asyncworker arm (`buffer_unordered`),
+/// so the two differ only in what sits between the caller and lapin.
 async fn publish_raw(queue: &str, n: usize) -> Result<Run> {
     let window: usize = env_or("PUBLISH_WINDOW", 1024usize).max(1);
     let body = body(env_or("BODY_BYTES", 100usize));
@@ -272,9 +273,7 @@ async fn publish_raw(queue: &str, n: usize) -> Result<Run> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let props = BasicProperties::default().with_delivery_mode(2);
-    let mut pending = VecDeque::with_capacity(window);
-    let start = Mark::now();
-    for _ in 0..n {
+    let publish = || async {
         let confirm = ch
             .basic_publish(
                 "".into(),
@@ -284,17 +283,17 @@ async fn publish_raw(queue: &str, n: usize) -> Result<Run> {
                 props.clone(),
             )
             .await?;
-        pending.push_back(confirm);
-        if pending.len() >= window
-            && let Some(oldest) = pending.pop_front()
-        {
-            check_confirm(oldest.await?)?;
-        }
-    }
-    for confirm in pending {
-        check_confirm(confirm.await?)?;
+        check_confirm(confirm.await?)
+    };
+    let start = Mark::now();
+    let mut results = futures::stream::iter(0..n)
+        .map(|_| publish())
+        .buffer_unordered(window);
+    while let Some(result) = results.next().await {
+        result?;
     }
     let end = Mark::now();
+    drop(results);
     conn.close(200, "OK".into()).await?;
     Ok(Run::between(n, start, end))
 }
