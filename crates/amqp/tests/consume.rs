@@ -674,18 +674,25 @@ async fn consumes_over_tls_with_verification() {
     declare_queue(&conn, &q).await;
     publish_bodies(&conn, &q, [b"secret"]).await;
 
+    let name = unique_name("tls-conn");
     let config = AmqpConfig::builder()
         .url(&amqps_url())
         .tls_ca_file(&ca)
         .tls_client_cert_files(tls_client_cert(), tls_client_key())
+        .connection_name(&name)
         .build()
         .unwrap();
+    assert!(config.tls());
     let (mut stream, shutdown, _) = start(
         AmqpSource::builder(config, [q.as_str()]).build().unwrap(),
         "tls",
     );
     let (msg, _) = next_message(&mut stream, 10).await;
     assert_eq!(msg.text().unwrap(), "secret");
+    // The broker sees a TLS connection (never a silent plaintext fallback).
+    let seen = connections_named(&name).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].ssl, "{seen:?}");
     msg.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
     assert_eq!(counts(&conn, &q).await, (0, 0));
