@@ -603,3 +603,50 @@ async fn a_cancelled_mandatory_publish_does_not_blame_the_next_one() {
 
     delete_queue(&connection, &queue).await;
 }
+
+#[tokio::test]
+async fn publish_outcomes_are_counted() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let _shared = BROKER_ALARM.read().await;
+    // A recorder local to this thread: the test's current-thread runtime runs every publish
+    // here, and other tests' publishes do not count.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let connection = connect().await;
+    let queue = unique_name("publish-metrics");
+    declare_queue(&connection, &queue).await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+    for _ in 0..3 {
+        publisher
+            .publish_bytes("", &queue, "x")
+            .await
+            .expect("confirmed");
+    }
+    let nowhere = unique_name("no-such-queue");
+    let _ = publisher
+        .publish(OutgoingMessage::new("", nowhere.as_str(), "x").mandatory(true))
+        .await
+        .expect_err("unroutable");
+
+    let mut counts = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let (_, key) = key.into_parts();
+        if key.name() == "asyncworker_amqp_published_total"
+            && let DebugValue::Counter(n) = value
+        {
+            let outcome = key
+                .labels()
+                .find(|l| l.key() == "outcome")
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default();
+            counts.insert(outcome, n);
+        }
+    }
+    assert_eq!(counts.get("confirmed"), Some(&3), "{counts:?}");
+    assert_eq!(counts.get("unroutable"), Some(&1), "{counts:?}");
+
+    delete_queue(&connection, &queue).await;
+}
