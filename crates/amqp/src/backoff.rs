@@ -135,10 +135,13 @@ impl Backoff {
         let exp = attempt.saturating_sub(1).min(64) as i32;
         let secs = self.initial_delay.as_secs_f64() * self.multiplier.powi(exp);
         let max = self.max_delay.as_secs_f64();
-        if secs.is_finite() && secs < max {
-            Duration::from_secs_f64(secs)
-        } else {
+        // Written so that unvalidated values (a negative or NaN multiplier) cannot panic.
+        if secs.is_nan() || secs >= max {
             self.max_delay
+        } else if secs <= 0.0 {
+            self.initial_delay.min(self.max_delay)
+        } else {
+            Duration::from_secs_f64(secs)
         }
     }
 
@@ -146,11 +149,12 @@ impl Backoff {
     /// `(1 - jitter) × base` and `base`.
     pub fn delay(&self, attempt: u32) -> Duration {
         let base = self.base_delay(attempt);
-        if self.jitter == 0.0 {
+        // Written so that an unvalidated jitter (NaN, out of range) cannot panic.
+        if self.jitter.is_nan() || self.jitter <= 0.0 {
             return base;
         }
-        let cut = self.jitter * fastrand::f64();
-        base.mul_f64((1.0 - cut).clamp(0.0, 1.0))
+        let cut = self.jitter.min(1.0) * fastrand::f64();
+        base.mul_f64(1.0 - cut)
     }
 
     /// Whether attempt number `attempt` (1 for the first) is still allowed.
@@ -207,6 +211,24 @@ mod tests {
         assert!(Backoff::default().jitter(1.5).validate().is_err());
         assert!(Backoff::default().max_attempts(0).validate().is_err());
         assert!(Backoff::default().validate().is_ok());
+    }
+
+    #[test]
+    fn unvalidated_values_never_panic() {
+        for b in [
+            Backoff::default().jitter(f64::NAN),
+            Backoff::default().jitter(-1.0),
+            Backoff::default().jitter(7.0),
+            Backoff::default().multiplier(f64::NAN),
+            Backoff::default().multiplier(f64::INFINITY),
+            Backoff::default().multiplier(0.0),
+            Backoff::default().multiplier(-2.0),
+            Backoff::default().max_delay(Duration::ZERO),
+        ] {
+            for attempt in [0, 1, 2, 100, u32::MAX] {
+                assert!(b.delay(attempt) <= Duration::from_secs(30));
+            }
+        }
     }
 
     #[test]

@@ -70,9 +70,13 @@ impl RouteShared {
 
     fn consuming_changed(&self, delta: isize) {
         let now = if delta > 0 {
-            self.consuming.fetch_add(1, Ordering::AcqRel) + 1
+            self.consuming
+                .fetch_add(1, Ordering::AcqRel)
+                .saturating_add(1)
         } else {
-            self.consuming.fetch_sub(1, Ordering::AcqRel) - 1
+            self.consuming
+                .fetch_sub(1, Ordering::AcqRel)
+                .saturating_sub(1)
         };
         self.readiness
             .set(now == self.queue_count && !self.stop.is_cancelled());
