@@ -278,3 +278,75 @@ pub(crate) fn reply_code(error: &lapin::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            tls: true,
+            user: "bob".into(),
+            host: "rabbit.internal".into(),
+            port: 5671,
+            vhost: "jobs".into(),
+        }
+    }
+
+    fn protocol_error(code: u16, text: &str) -> lapin::Error {
+        let amqp = lapin::protocol::AMQPError::from_id(code, text.into()).expect("a known code");
+        lapin::ErrorKind::ProtocolError(amqp).into()
+    }
+
+    #[test]
+    fn endpoints_name_user_host_port_and_vhost() {
+        assert_eq!(
+            endpoint().to_string(),
+            "amqps://bob@rabbit.internal:5671 vhost \"jobs\""
+        );
+    }
+
+    #[test]
+    fn connection_failures_are_classified() {
+        let e = AmqpError::connect(endpoint(), 3, protocol_error(403, "ACCESS_REFUSED"));
+        assert_eq!(e.kind(), "authentication_refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("authentication refused by amqps://bob@rabbit.internal:5671"),
+            "{text}"
+        );
+        assert!(text.contains("attempt 3"), "{text}");
+        let e = AmqpError::connect(endpoint(), 1, protocol_error(530, "NOT_ALLOWED"));
+        assert_eq!(e.kind(), "vhost_refused");
+        assert!(e.to_string().contains("virtual host"), "{e}");
+        let io = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let e = AmqpError::connect(endpoint(), 2, io);
+        assert_eq!(e.kind(), "connect");
+        assert!(
+            e.to_string().starts_with("cannot connect to amqps://bob@"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn queue_failures_name_the_queue() {
+        let delay = Duration::from_millis(500);
+        let e = AmqpError::consume(
+            endpoint(),
+            "orders",
+            delay,
+            protocol_error(404, "NOT_FOUND"),
+        );
+        assert_eq!(e.kind(), "queue_not_found");
+        assert_eq!(e.queue(), Some("orders"));
+        assert!(e.to_string().contains("queue \"orders\" not found"), "{e}");
+        let e = AmqpError::consume(
+            endpoint(),
+            "orders",
+            delay,
+            protocol_error(403, "ACCESS_REFUSED"),
+        );
+        assert_eq!(e.kind(), "queue_access_refused");
+        assert_eq!(e.endpoint().vhost(), "jobs");
+    }
+}
