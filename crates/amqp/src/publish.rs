@@ -32,6 +32,9 @@
 //! whose future is dropped early retires its channel, so a late `basic.return` cannot be
 //! blamed on the next message.
 //!
+//! [`Publisher::close`] ends it gracefully (in a worker's shutdown hook, say); dropping the
+//! last clone closes its connection without waiting.
+//!
 //! # Metrics
 //!
 //! `asyncworker_amqp_published_total{outcome}` counts publishes by outcome: `confirmed`,
@@ -170,6 +173,9 @@ pub enum PublishError {
     /// can be opened on it.
     #[error("the publisher's connection is closed")]
     ConnectionClosed,
+    /// [`Publisher::close`] was called: this publisher (and its clones) publish no more.
+    #[error("the publisher is closed")]
+    Closed,
     /// Any other failure of the connection or channel while publishing.
     #[error(
         "publishing to exchange {exchange:?} with routing key {routing_key:?} failed: {source}"
@@ -526,6 +532,8 @@ struct Inner {
     shared: Mutex<Option<Channel>>,
     /// The channel of mandatory publishes, held for a whole publish (see the module docs).
     mandatory_lane: Mutex<Option<Channel>>,
+    /// Set by [`Publisher::close`].
+    closed: std::sync::atomic::AtomicBool,
 }
 
 enum Origin {
@@ -647,6 +655,7 @@ impl PublisherBuilder {
                 status: std::sync::Mutex::new(status),
                 shared: Mutex::new(None),
                 mandatory_lane: Mutex::new(None),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         // Open the shared channel now, so a broken setup shows at build time.
@@ -707,6 +716,63 @@ impl Publisher {
         self.inner.confirms
     }
 
+    /// Closes the publisher, for a graceful shutdown: later publishes (through any clone) fail
+    /// with [`PublishError::Closed`]; a mandatory publish in flight finishes first; the
+    /// channels are closed (the broker answers the confirms of everything published before),
+    /// then the connection if the publisher opened it ([`PublisherBuilder::connect`]). Within
+    /// the publish timeout. Calling it again does nothing.
+    ///
+    /// Dropping the last clone also closes the connection, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Timeout`] (with an empty exchange and routing key) when closing takes
+    /// longer than the publish timeout; [`PublishError::Amqp`] when closing the connection
+    /// fails.
+    pub async fn close(&self) -> Result<(), PublishError> {
+        let inner = &*self.inner;
+        if inner.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
+        let close = async {
+            let shared = inner.shared.lock().await.take();
+            let mandatory = inner.mandatory_lane.lock().await.take();
+            for channel in [shared, mandatory].into_iter().flatten() {
+                if channel.status().connected() {
+                    // A channel the broker already closed is not an error here.
+                    let _ = channel.close(200, "publisher closed".into()).await;
+                }
+            }
+            if let Origin::Config(_) = inner.origin {
+                let connection = Arc::clone(&*inner.connection.lock().await);
+                if connection.status().connected() {
+                    connection
+                        .close(200, "publisher closed".into())
+                        .await
+                        .map_err(|source| PublishError::Amqp {
+                            exchange: String::new(),
+                            routing_key: String::new(),
+                            source: Box::new(source),
+                        })?;
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(inner.timeout, close).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(PublishError::Timeout {
+                exchange: String::new(),
+                routing_key: String::new(),
+                timeout: inner.timeout,
+                blocked: inner
+                    .status
+                    .lock()
+                    .map(|status| status.blocked())
+                    .unwrap_or(false),
+            }),
+        }
+    }
+
     /// Publishes `value` as JSON (content type `application/json`, persistent) to `exchange`
     /// with `routing_key`; `""` is the default exchange, which routes to the queue named by
     /// the routing key.
@@ -765,6 +831,9 @@ impl Publisher {
     ///   [`PublishError::Amqp`] when the connection or channel fails.
     pub async fn publish(&self, message: OutgoingMessage) -> Result<(), PublishError> {
         let inner = &*self.inner;
+        if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
         let mandatory = message.mandatory.unwrap_or(inner.mandatory);
         let lane = if mandatory {
             &inner.mandatory_lane

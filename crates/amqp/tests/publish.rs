@@ -650,3 +650,42 @@ async fn publish_outcomes_are_counted() {
 
     delete_queue(&connection, &queue).await;
 }
+
+#[tokio::test]
+async fn close_ends_publishing_and_the_connection() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = unique_name("publish-close");
+    declare_queue(&connection, &queue).await;
+    let name = unique_name("closing-publisher");
+    let config = AmqpConfig::builder()
+        .url(&amqp_url())
+        .connection_name(name.as_str())
+        .build()
+        .expect("config");
+    let publisher = Publisher::connect(&config).await.expect("publisher");
+    let clone = publisher.clone();
+    publisher
+        .publish_bytes("", &queue, "before")
+        .await
+        .expect("confirmed");
+    assert_eq!(connections_named(&name).await.len(), 1);
+
+    publisher.close().await.expect("closed");
+    publisher.close().await.expect("closing twice is fine");
+    let error = clone
+        .publish_bytes("", &queue, "after")
+        .await
+        .expect_err("closed");
+    assert!(matches!(error, PublishError::Closed), "{error:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            connections_named(&name).await.is_empty()
+        })
+        .await,
+        "the publisher's connection is gone from the broker"
+    );
+    assert_eq!(message_count(&connection, &queue).await, 1);
+
+    delete_queue(&connection, &queue).await;
+}
