@@ -32,11 +32,13 @@ type Callback = Arc<dyn Fn(&AmqpError, u32) + Send + Sync>;
 /// Built with [`AmqpSource::builder`] (or [`Connections::source`]) and started by the runtime
 /// with [`Source::into_stream`]. The stream:
 ///
-/// - opens one connection for the route and, on it, **one channel per queue**, each with
-///   `basic.qos(prefetch)` and a consumer. A queue that cannot be consumed (missing, access
-///   refused) yields an [`AmqpError`] naming it and is retried with backoff, while the route's
-///   other queues keep being consumed;
-/// - sets the route's [`Readiness`](asyncworker_core::Readiness) while every queue is being consumed;
+/// - opens one connection for the route (named `asyncworker route <route>` on the broker
+///   unless the configuration has a connection name) and, on it, **one channel per queue**,
+///   each with `basic.qos(prefetch)` and a consumer. A queue that cannot be consumed
+///   (missing, access refused) yields an [`AmqpError`] naming it and is retried with backoff,
+///   while the route's other queues keep being consumed;
+/// - sets the route's [`Readiness`](asyncworker_core::Readiness) while every queue is being
+///   consumed;
 /// - reconnects after a connection failure with the configuration's [`Backoff`]
 ///   (exponential, capped, jittered), calling the [`on_connection_error`] callback with the
 ///   error and the attempt number (which restarts at 1 for each outage), then re-applies the
@@ -296,9 +298,14 @@ impl Source for AmqpSource {
                 })
             })
             .collect();
+        // Name the connection after the route unless the configuration names it, so the
+        // broker's connection list says which route each connection serves.
+        let config = self
+            .config
+            .named_if_unnamed(&format!("asyncworker route {}", cx.route()));
         let supervisor = Supervisor {
             shared,
-            config: self.config,
+            config,
             queues,
             callback: self.on_connection_error,
             out: Some(tx),

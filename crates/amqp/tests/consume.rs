@@ -744,3 +744,24 @@ async fn a_queue_deleted_while_consumed_is_consumed_again_once_it_is_back() {
     assert_eq!(counts(&conn, &q).await, (0, 0));
     delete_queue(&conn, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnamed_connection_is_named_after_its_route() {
+    let conn = connect().await;
+    let q = unique_name("named-route");
+    declare_queue(&conn, &q).await;
+    let route = unique_name("route");
+    let (mut stream, shutdown, readiness) = start(source(&[&q]), &route);
+    // Polling starts the source.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), stream.next())
+            .await
+            .is_err()
+    );
+    eventually(10, "the route is ready", || async { readiness.get() }).await;
+    let seen = connections_named(&format!("asyncworker route {route}")).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].vhost, "/");
+    stop(stream, shutdown).await;
+    delete_queue(&conn, &q).await;
+}
