@@ -13,6 +13,38 @@
 //!   [`Action::RequeueTail`](asyncworker_core::Action::RequeueTail): a copy goes to the tail of
 //!   the queue with a requeue counter, optionally capped.
 //!
+//! - [`Publisher`]: publishing with confirms (see [`publish`]).
+//!
+//! # Design choices
+//!
+//! - **One connection per route, one channel per queue.** A channel error (a missing queue
+//!   closes the channel that tried to consume it) then touches one queue only: the others keep
+//!   flowing while the failed one is retried with backoff — the Python original stopped the
+//!   whole route. A connection per route keeps one route's outage, blocked publishing or
+//!   reconnect from stalling another's.
+//! - **Settling never blocks.** [`Settle`](asyncworker_core::Settle) hands `(delivery,
+//!   action)` to the channel's task, which drains whatever is pending and acks the longest
+//!   run of outstanding tags with one `multiple` ack; it tracks every tag it handed out, so a
+//!   `multiple` ack never covers a delivery that is not being acked, and no tag is acked twice.
+//! - **Generations.** Every channel has a liveness flag shared with its deliveries. After the
+//!   channel or its connection is gone, their settlements fail at once with
+//!   [`SettleError::ChannelClosed`](asyncworker_core::SettleError::ChannelClosed) (logged,
+//!   counted in `asyncworker_amqp_settle_failures_total`) instead of reaching a new channel,
+//!   where the same tag would name another delivery. Deliveries of a dead channel still
+//!   waiting in the stream are dropped before the handler sees them: the broker redelivers
+//!   them.
+//! - **No lapin auto-recovery.** The source reconnects itself, so it controls the backoff,
+//!   the callback, the generations and the re-consuming of every queue.
+//! - **Readiness** is set while every queue of the route is being consumed: a route with a
+//!   missing queue is live but not ready.
+//! - **Poison messages** are rejected, not requeued forever: [`AmqpMessage::decode_json`]
+//!   marks an undecodable message with the route's decode-error action (default reject).
+//! - **RequeueTail** publishes the copy with confirms on a channel of the route's connection
+//!   and acks the original only once the copy is confirmed; otherwise the original is
+//!   requeued. Nothing is lost; a cap turns endless requeueing into a dead-letter.
+//! - **TLS** verifies the broker against the bundled Mozilla roots plus any CA given to
+//!   [`AmqpConfigBuilder::tls_ca_pem`]; there is no way to turn verification off.
+//!
 //! # Example
 //!
 //! ```no_run
