@@ -765,3 +765,53 @@ async fn an_unnamed_connection_is_named_after_its_route() {
     stop(stream, shutdown).await;
     delete_queue(&conn, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_of_a_dead_connection_still_in_the_stream_are_not_handed_out() {
+    let conn = connect().await;
+    let q = unique_name("stale-buffer");
+    declare_queue(&conn, &q).await;
+    publish_n(&conn, &q, 5).await;
+
+    let name = unique_name("stale-conn");
+    let src = AmqpSource::builder(
+        config().connection_name(&name).build().unwrap(),
+        [q.as_str()],
+    )
+    .build()
+    .unwrap();
+    let (mut stream, shutdown, _) = start(src, "stale-buffer");
+    let (first, _) = next_message(&mut stream, 10).await;
+    // The other four are delivered too, and wait in the stream.
+    eventually(10, "all five are delivered", || async {
+        counts(&conn, &q).await.0 == 0
+    })
+    .await;
+
+    assert_eq!(close_connection_named(&name).await, 1);
+    eventually(10, "the source notices the loss", || async {
+        first.is_stale()
+    })
+    .await;
+
+    // What comes next is the broker's redelivery of all five, not the four stale copies.
+    let mut bodies = Vec::new();
+    while bodies.len() < 5 {
+        let (m, _) = next_message(&mut stream, 20).await;
+        assert!(m.redelivered(), "a stale delivery was handed out: {m:?}");
+        assert!(!m.is_stale());
+        bodies.push(m.text().unwrap().to_owned());
+        m.settlement().settle(Action::Ack).unwrap();
+    }
+    bodies.sort();
+    let mut expected: Vec<_> = (0..5).map(|i| format!("message-{i}")).collect();
+    expected.sort();
+    assert_eq!(bodies, expected);
+    assert!(matches!(
+        first.settlement().settle(Action::Ack),
+        Err(SettleError::ChannelClosed)
+    ));
+    stop(stream, shutdown).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
+}
