@@ -815,3 +815,38 @@ async fn deliveries_of_a_dead_connection_still_in_the_stream_are_not_handed_out(
     assert_eq!(counts(&conn, &q).await, (0, 0));
     delete_queue(&conn, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_acks_never_cover_an_unsettled_delivery() {
+    let conn = connect().await;
+    let q = unique_name("coalesce");
+    declare_queue(&conn, &q).await;
+    publish_n(&conn, &q, 6).await;
+
+    let (mut stream, shutdown, _) = start(source(&[&q]), "coalesce");
+    let batch = next_messages(&mut stream, 6, 10).await;
+    // Hold the oldest and one in the middle; ack the others in one go (one pass of the
+    // channel task): a `multiple` ack up to the newest would ack the held ones too.
+    let (held, rest): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .partition(|m| matches!(m.text().unwrap(), "message-0" | "message-3"));
+    for m in &rest {
+        m.settlement().settle(Action::Ack).unwrap();
+    }
+    for m in &held {
+        m.settlement().settle(Action::Requeue).unwrap();
+    }
+    // Both come back (had they been acked, the requeue would have closed the channel and
+    // they would be gone).
+    let again = next_messages(&mut stream, 2, 10).await;
+    let mut bodies: Vec<_> = again.iter().map(|m| m.text().unwrap().to_owned()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["message-0", "message-3"]);
+    for m in &again {
+        assert!(m.redelivered());
+        m.settlement().settle(Action::Ack).unwrap();
+    }
+    stop(stream, shutdown).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
+}
