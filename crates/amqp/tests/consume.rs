@@ -850,3 +850,62 @@ async fn coalesced_acks_never_cover_an_unsettled_delivery() {
     assert_eq!(counts(&conn, &q).await, (0, 0));
     delete_queue(&conn, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() {
+    let conn = connect().await;
+    let q = unique_name("frozen");
+    declare_queue(&conn, &q).await;
+    publish_bodies(&conn, &q, [b"through the proxy"]).await;
+
+    let proxy = TcpProxy::to_broker().await;
+    let config = AmqpConfig::builder()
+        .url(&proxy.url())
+        .heartbeat(Duration::from_secs(1))
+        .connection_timeout(Duration::from_secs(1))
+        .reconnect(
+            Backoff::default()
+                .initial_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_millis(400)),
+        )
+        .build()
+        .unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let src = AmqpSource::builder(config, [q.as_str()])
+        .on_connection_error(move |e, attempt| seen.lock().unwrap().push((e.kind(), attempt)))
+        .build()
+        .unwrap();
+    let (mut stream, shutdown, readiness) = start(src, "frozen");
+    let (old, _) = next_message(&mut stream, 10).await;
+    eventually(5, "the route is ready", || async { readiness.get() }).await;
+
+    // Nothing moves any more: no close frame, no reset. Only the heartbeat can tell.
+    proxy.freeze();
+    eventually(20, "the loss is noticed", || async { old.is_stale() }).await;
+    assert!(!readiness.get());
+    eventually(20, "reconnect attempts fail while frozen", || async {
+        calls.lock().unwrap().len() >= 2
+    })
+    .await;
+    proxy.resume();
+
+    let (again, errors) = next_message(&mut stream, 30).await;
+    assert_eq!(again.text().unwrap(), "through the proxy");
+    assert!(again.redelivered());
+    assert!(
+        errors.iter().any(|e| e.kind() == "connection_lost"),
+        "{errors:?}"
+    );
+    let attempts: Vec<_> = calls.lock().unwrap().iter().map(|(_, a)| *a).collect();
+    assert_eq!(attempts, (1..=attempts.len() as u32).collect::<Vec<_>>());
+    assert!(matches!(
+        old.settlement().settle(Action::Ack),
+        Err(SettleError::ChannelClosed)
+    ));
+    again.settlement().settle(Action::Ack).unwrap();
+    eventually(5, "ready again", || async { readiness.get() }).await;
+    stop(stream, shutdown).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
+}
