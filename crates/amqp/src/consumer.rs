@@ -242,6 +242,7 @@ impl QueueTask {
             tx,
             queue: self.queue.clone(),
             cap: self.shared.requeue_tail_cap,
+            counters: ChannelState::counters(&self.queue.name),
         };
         tracing::info!(
             route = %self.shared.route,
@@ -381,9 +382,37 @@ struct ChannelState {
     tx: mpsc::UnboundedSender<Cmd>,
     queue: Arc<QueueMeta>,
     cap: Option<u64>,
+    /// `asyncworker_amqp_settlements_total{queue, action}`, one handle per action.
+    counters: [metrics::Counter; 4],
 }
 
 impl ChannelState {
+    fn counters(queue: &str) -> [metrics::Counter; 4] {
+        [
+            Action::Ack,
+            Action::Reject,
+            Action::Requeue,
+            Action::RequeueTail,
+        ]
+        .map(|action| {
+            metrics::counter!(
+                "asyncworker_amqp_settlements_total",
+                "queue" => queue.to_owned(),
+                "action" => action.as_str(),
+            )
+        })
+    }
+
+    fn count(&self, action: Action) {
+        let i = match action {
+            Action::Ack => 0,
+            Action::Reject => 1,
+            Action::RequeueTail => 3,
+            _ => 2,
+        };
+        self.counters[i].increment(1);
+    }
+
     /// Perform a batch of requests; an error means the channel (or connection) is unusable.
     async fn process(&mut self, batch: &mut Vec<Cmd>) -> Result<(), lapin::Error> {
         for cmd in batch.drain(..) {
@@ -415,6 +444,7 @@ impl ChannelState {
     }
 
     async fn settle(&mut self, d: Arc<Delivery>, action: Action) -> Result<(), lapin::Error> {
+        self.count(action);
         match action {
             Action::Ack => {
                 if !self.outstanding.want_ack(d.delivery_tag) {

@@ -70,7 +70,8 @@ type Callback = Arc<dyn Fn(&AmqpError, u32) + Send + Sync>;
 /// `asyncworker_amqp_connection_blocked_total{host}` and
 /// `asyncworker_amqp_connection_blocked{route, host}`,
 /// `asyncworker_amqp_consume_failures_total{queue, kind}`,
-/// `asyncworker_amqp_settle_failures_total{queue, action, reason}`,
+/// `asyncworker_amqp_settlements_total{queue, action}` (settlements requested on a live
+/// channel), `asyncworker_amqp_settle_failures_total{queue, action, reason}`,
 /// `asyncworker_amqp_requeue_tail_total{queue, outcome}`,
 /// `asyncworker_amqp_decode_failures_total{queue}`.
 ///

@@ -413,6 +413,14 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
     );
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
+    // Only the settlement that reached a live channel counts as one.
+    assert_eq!(
+        counter(
+            "asyncworker_amqp_settlements_total",
+            &[("queue", &q), ("action", "ack")]
+        ),
+        1
+    );
     assert_eq!(counts(&conn, &q).await, (0, 0));
     delete_queue(&conn, &q).await;
 }
