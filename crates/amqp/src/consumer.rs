@@ -414,33 +414,78 @@ impl ChannelState {
     }
 
     /// Perform a batch of requests; an error means the channel (or connection) is unusable.
+    /// The settlements it could not send are logged and counted (the broker redelivers
+    /// their messages).
     async fn process(&mut self, batch: &mut Vec<Cmd>) -> Result<(), lapin::Error> {
-        for cmd in batch.drain(..) {
-            match cmd {
-                Cmd::Settle(d, action) => self.settle(d, action).await?,
+        let mut cmds = batch.drain(..);
+        while let Some(cmd) = cmds.next() {
+            let (failed_on, result) = match cmd {
+                Cmd::Settle(d, action) => (action, self.settle(d, action).await),
                 Cmd::TailDone(d, true) => {
                     self.outstanding.want_ack(d.delivery_tag);
+                    (Action::Ack, Ok(()))
                 }
                 Cmd::TailDone(d, false) => {
                     // Nothing lost: the original goes back to (the head of) its queue.
                     self.outstanding.release(d.delivery_tag);
-                    self.reject(&d, Action::Requeue).await?;
+                    (Action::Requeue, self.reject(&d, Action::Requeue).await)
                 }
+            };
+            if let Err(e) = result {
+                self.send_failed(failed_on, 1, &e);
+                for cmd in cmds {
+                    if let Cmd::Settle(_, action) = cmd {
+                        self.send_failed(action, 1, &e);
+                    }
+                }
+                return Err(e);
             }
         }
         let plan = self.outstanding.take_plan();
         tracing::trace!(queue = %self.queue.name, ?plan, unsettled = self.outstanding.live(), "settling");
-        if let Some((tag, multiple)) = plan.upto {
-            self.channel
-                .basic_ack(tag, BasicAckOptions { multiple })
-                .await?;
+        if let Some((tag, count)) = plan.upto
+            && let Err(e) = self
+                .channel
+                .basic_ack(
+                    tag,
+                    BasicAckOptions {
+                        multiple: count > 1,
+                    },
+                )
+                .await
+        {
+            self.send_failed(Action::Ack, count + plan.singles.len(), &e);
+            return Err(e);
         }
-        for tag in plan.singles {
-            self.channel
+        for (i, &tag) in plan.singles.iter().enumerate() {
+            if let Err(e) = self
+                .channel
                 .basic_ack(tag, BasicAckOptions { multiple: false })
-                .await?;
+                .await
+            {
+                self.send_failed(Action::Ack, plan.singles.len() - i, &e);
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    /// `n` settlements with `action` could not be sent because of `error`.
+    fn send_failed(&self, action: Action, n: usize, error: &lapin::Error) {
+        tracing::warn!(
+            queue = %self.queue.name,
+            %action,
+            count = n,
+            %error,
+            "settlement not sent: the channel failed; the broker redelivers the message",
+        );
+        metrics::counter!(
+            "asyncworker_amqp_settle_failures_total",
+            "queue" => self.queue.name.to_string(),
+            "action" => action.as_str(),
+            "reason" => "send_failed",
+        )
+        .increment(n as u64);
     }
 
     async fn settle(&mut self, d: Arc<Delivery>, action: Action) -> Result<(), lapin::Error> {

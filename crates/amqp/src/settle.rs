@@ -136,9 +136,9 @@ enum State {
 /// The acknowledgements to send after a batch of requests.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct AckPlan {
-    /// Ack every outstanding tag up to this one with `multiple = true`, or with a plain ack
-    /// when the run holds a single tag (the bool says whether `multiple` is needed).
-    pub(crate) upto: Option<(u64, bool)>,
+    /// Ack every outstanding tag up to this one, and how many deliveries that settles: with
+    /// `multiple = true` for a run of several, a plain ack for a run of one.
+    pub(crate) upto: Option<(u64, usize)>,
     /// Tags to ack one by one.
     pub(crate) singles: Vec<u64>,
 }
@@ -243,7 +243,7 @@ impl Outstanding {
             self.entries.pop_front();
         }
         if let Some(tag) = last {
-            plan.upto = Some((tag, count > 1));
+            plan.upto = Some((tag, count));
         }
         if self.wanted > 0 {
             for (tag, state) in &mut self.entries {
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(
             o.take_plan(),
             AckPlan {
-                upto: Some((5, true)),
+                upto: Some((5, 5)),
                 singles: vec![]
             }
         );
@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(
             o.take_plan(),
             AckPlan {
-                upto: Some((2, true)),
+                upto: Some((2, 2)),
                 singles: vec![4, 5]
             }
         );
@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(
             o.take_plan(),
             AckPlan {
-                upto: Some((3, false)),
+                upto: Some((3, 1)),
                 singles: vec![]
             }
         );
@@ -327,7 +327,7 @@ mod tests {
         for t in [1, 3, 4] {
             assert!(o.want_ack(t));
         }
-        assert_eq!(o.take_plan().upto, Some((4, true)));
+        assert_eq!(o.take_plan().upto, Some((4, 3)));
         assert_eq!(o.live(), 0);
     }
 
@@ -352,14 +352,14 @@ mod tests {
         assert_eq!(
             o.take_plan(),
             AckPlan {
-                upto: Some((1, false)),
+                upto: Some((1, 1)),
                 singles: vec![3]
             }
         );
         assert_eq!(o.live(), 1);
         // The copy was published: ack the original.
         assert!(o.want_ack(2));
-        assert_eq!(o.take_plan().upto, Some((2, false)));
+        assert_eq!(o.take_plan().upto, Some((2, 1)));
         assert_eq!(o.live(), 0);
 
         let mut o = out(1..=1);
