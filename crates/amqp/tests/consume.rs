@@ -917,3 +917,39 @@ async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() 
     assert_eq!(counts(&conn, &q).await, (0, 0));
     delete_queue(&conn, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_is_applied_again_after_a_reconnect() {
+    let conn = connect().await;
+    let q = unique_name("qos-again");
+    declare_queue(&conn, &q).await;
+    publish_n(&conn, &q, 6).await;
+
+    let name = unique_name("qos-conn");
+    let src = AmqpSource::builder(
+        config().prefetch(2).connection_name(&name).build().unwrap(),
+        [q.as_str()],
+    )
+    .build()
+    .unwrap();
+    let (mut stream, shutdown, _) = start(src, "qos-again");
+    let before = next_messages(&mut stream, 2, 10).await;
+    assert_eq!(close_connection_named(&name).await, 1);
+    eventually(10, "the loss is noticed", || async { before[0].is_stale() }).await;
+
+    // On the new connection, still only two unsettled deliveries at a time.
+    let after = next_messages(&mut stream, 2, 20).await;
+    let more = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(more.is_err(), "a third delivery arrived: {more:?}");
+    for m in &after {
+        m.settlement().settle(Action::Ack).unwrap();
+    }
+    for _ in 0..4 {
+        let (m, _) = next_message(&mut stream, 10).await;
+        m.settlement().settle(Action::Ack).unwrap();
+    }
+    drop(before);
+    stop(stream, shutdown).await;
+    assert_eq!(counts(&conn, &q).await, (0, 0));
+    delete_queue(&conn, &q).await;
+}
