@@ -172,6 +172,33 @@ impl AmqpMessage {
         }
     }
 
+    /// Decode every message of a batch with [`AmqpMessage::decode_json`]: yields the messages
+    /// that decode, with their value; the others are marked with the route's decode-error
+    /// action (default reject), logged and counted, and skipped. The handler of a typed route
+    /// in one line:
+    ///
+    /// ```no_run
+    /// use asyncworker_amqp::AmqpMessage;
+    /// use asyncworker_core::BoxError;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Count { n: u64 }
+    ///
+    /// async fn handle(batch: Vec<AmqpMessage>) -> Result<(), BoxError> {
+    ///     for (_msg, count) in AmqpMessage::decode_json_each::<Count>(&batch) {
+    ///         println!("{}", count.n);
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn decode_json_each<T: DeserializeOwned>(
+        batch: &[AmqpMessage],
+    ) -> impl Iterator<Item = (&AmqpMessage, T)> {
+        batch
+            .iter()
+            .filter_map(|msg| msg.decode_json().ok().map(|value| (msg, value)))
+    }
+
     /// The queue the message was consumed from.
     pub fn queue(&self) -> &str {
         &self.delivery.queue.name
@@ -419,6 +446,17 @@ pub(crate) mod tests {
         // The mark wins over the route's error policy.
         msg.settlement().settle_marked_or(Action::Requeue).unwrap();
         assert_eq!(*seen.lock().unwrap(), vec![Action::Reject]);
+
+        let batch = [
+            AmqpMessage::new(delivery(3, b"[2]", None), Settlement::noop()),
+            AmqpMessage::new(delivery(4, b"{", None), Settlement::noop()),
+        ];
+        let decoded: Vec<_> = AmqpMessage::decode_json_each::<Vec<u8>>(&batch)
+            .map(|(m, v)| (m.delivery_tag(), v))
+            .collect();
+        assert_eq!(decoded, [(3, vec![2])]);
+        assert_eq!(batch[0].settlement().marked(), None);
+        assert_eq!(batch[1].settlement().marked(), Some(Action::Reject));
 
         let ok = AmqpMessage::new(delivery(2, b"[1]", None), Settlement::noop());
         assert_eq!(ok.decode_json::<Vec<u8>>().unwrap(), vec![1]);
