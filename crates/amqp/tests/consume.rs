@@ -701,6 +701,9 @@ async fn consumes_over_tls_with_verification() {
     let seen = connections_named(&name).await;
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(seen[0].ssl, "{seen:?}");
+    // ... and the client certificate was presented.
+    let subject = seen[0].peer_cert_subject.as_deref().unwrap_or_default();
+    assert!(subject.contains("asyncworker-test-client"), "{seen:?}");
     msg.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
     assert_eq!(counts(&conn, &q).await, (0, 0));
