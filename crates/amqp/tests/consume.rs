@@ -956,3 +956,30 @@ async fn the_prefetch_is_applied_again_after_a_reconnect() {
     assert_eq!(counts(&conn, &q).await, (0, 0));
     delete_queue(&conn, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_vhost_is_a_clear_error() {
+    let vhost = unique_name("no-such-vhost");
+    let config = config()
+        .reconnect(Backoff::default().max_attempts(1))
+        .build()
+        .unwrap();
+    let src = AmqpSource::builder(config, ["q"])
+        .vhost(vhost.as_str())
+        .build()
+        .unwrap();
+    let (stream, _shutdown, _) = start(src, "no-vhost");
+    let errors: Vec<_> = tokio::time::timeout(Duration::from_secs(10), stream.collect::<Vec<_>>())
+        .await
+        .expect("the stream ends after its one attempt")
+        .into_iter()
+        .map(|item| item.expect_err("no message"))
+        .collect();
+    let kinds: Vec<_> = errors.iter().map(AmqpError::kind).collect();
+    assert_eq!(kinds, ["vhost_refused", "gave_up"]);
+    let text = errors[0].to_string();
+    assert!(
+        text.contains(&vhost) && text.contains("virtual host"),
+        "{text}"
+    );
+}
