@@ -39,6 +39,11 @@ async fn confirmed_publish_arrives_with_its_properties_and_persistent() {
     let queue = unique_name("publish-props");
     declare_queue(&connection, &queue).await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
+    let shown = format!("{publisher:?}");
+    assert!(
+        shown.contains("127.0.0.1") && !shown.contains("guest:"),
+        "the broker without the password: {shown}"
+    );
 
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let message = OutgoingMessage::new("", queue.as_str(), &b"\x00raw bytes\xff"[..])
