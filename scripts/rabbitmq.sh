@@ -73,9 +73,23 @@ install_packages() {
     [ "${#missing[@]}" -eq 0 ] && return 0
     [ "$(id -u)" -eq 0 ] || die "${missing[*]} missing and not root: cannot install"
     log "installing ${missing[*]} through apt"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The package must not start a broker of its own (node rabbit@<hostname>, all interfaces):
+    # where no policy-rc.d forbids it already, forbid it for the install.
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        own_policy=1
+    fi
+    local status=0
+    apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null || status=$?
+    [ "$own_policy" -eq 1 ] && rm -f "$policy"
+    [ "$status" -eq 0 ] || die "apt-get could not install ${missing[*]}"
 }
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Generate the CA, server and client certificates once; kept across runs so a running broker
 # and the tests always agree on the CA.
@@ -217,6 +231,11 @@ start() {
     fi
 
     [ "$(id -u)" -eq 0 ] || die "the broker is not running and starting it needs root"
+    local port
+    for port in $AMQP_PORT $AMQPS_PORT; do
+        port_in_use "$port" &&
+            die "127.0.0.1:$port is taken by another process (another RabbitMQ node?); stop it first"
+    done
     log "starting $RABBITMQ_NODENAME (amqp 127.0.0.1:$AMQP_PORT, amqps 127.0.0.1:$AMQPS_PORT)"
     rabbitmq-server -detached >"$STATE_DIR/server.out" 2>&1 9>&- || {
         cat "$STATE_DIR/server.out" >&2
