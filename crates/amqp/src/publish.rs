@@ -537,7 +537,8 @@ struct Inner {
 }
 
 enum Origin {
-    Config(AmqpConfig),
+    /// The publisher connects (and reconnects) with this configuration, to this vhost.
+    Config(AmqpConfig, String),
     Connection,
 }
 
@@ -546,7 +547,9 @@ impl fmt::Debug for Publisher {
         let inner = &*self.inner;
         let mut d = f.debug_struct("Publisher");
         match &inner.origin {
-            Origin::Config(config) => d.field("broker", &format_args!("{config}")),
+            Origin::Config(config, vhost) => d
+                .field("broker", &format_args!("{config}"))
+                .field("vhost", vhost),
             Origin::Connection => d.field("broker", &"a caller's connection"),
         };
         d.field("confirms", &inner.confirms)
@@ -563,6 +566,7 @@ pub struct PublisherBuilder {
     confirms: bool,
     mandatory: bool,
     timeout: Duration,
+    vhost: Option<String>,
 }
 
 impl Default for PublisherBuilder {
@@ -571,6 +575,7 @@ impl Default for PublisherBuilder {
             confirms: true,
             mandatory: false,
             timeout: DEFAULT_PUBLISH_TIMEOUT,
+            vhost: None,
         }
     }
 }
@@ -597,21 +602,34 @@ impl PublisherBuilder {
         self
     }
 
-    /// Connects to the broker `config` names (its default vhost) and opens the publishing
-    /// channel. The publisher reconnects by itself when that connection is lost.
+    /// The virtual host [`PublisherBuilder::connect`] connects to, instead of the
+    /// configuration's.
+    pub fn vhost(mut self, vhost: impl Into<String>) -> Self {
+        self.vhost = Some(vhost.into());
+        self
+    }
+
+    /// Connects to the broker `config` names (its vhost, or [`PublisherBuilder::vhost`]) and
+    /// opens the publishing channel. The publisher reconnects by itself when that connection
+    /// is lost.
     ///
     /// # Errors
     ///
     /// [`PublishError::InvalidOptions`] for a zero timeout; [`PublishError::Connect`] when the
     /// broker cannot be reached (no retry here: the next publish tries again);
-    /// [`PublishError::Amqp`] when the channel cannot be set up.
-    pub async fn connect(self, config: &AmqpConfig) -> Result<Publisher, PublishError> {
+    /// [`PublishError::Amqp`] when the channel cannot be set up; [`PublishError::Timeout`]
+    /// when that takes longer than the publish timeout.
+    pub async fn connect(mut self, config: &AmqpConfig) -> Result<Publisher, PublishError> {
         self.validate()?;
+        let vhost = self
+            .vhost
+            .take()
+            .unwrap_or_else(|| config.vhost().to_owned());
         let connection = config
-            .connect()
+            .connect_vhost(&vhost)
             .await
             .map_err(|error| PublishError::Connect(Box::new(error)))?;
-        self.build(Origin::Config(config.clone()), Arc::new(connection))
+        self.build(Origin::Config(config.clone(), vhost), Arc::new(connection))
             .await
     }
 
@@ -659,12 +677,24 @@ impl PublisherBuilder {
             }),
         };
         // Open the shared channel now, so a broken setup shows at build time.
-        let mut shared = publisher.inner.shared.lock().await;
-        publisher
-            .channel(&mut shared)
-            .await
-            .map_err(|error| error.into_publish_error("", ""))?;
-        drop(shared);
+        let open = async {
+            let mut shared = publisher.inner.shared.lock().await;
+            publisher
+                .channel(&mut shared)
+                .await
+                .map_err(|error| error.into_publish_error("", ""))
+        };
+        match tokio::time::timeout(self.timeout, open).await {
+            Ok(result) => result.map(|_channel| ())?,
+            Err(_elapsed) => {
+                return Err(PublishError::Timeout {
+                    exchange: String::new(),
+                    routing_key: String::new(),
+                    timeout: self.timeout,
+                    blocked: publisher.is_blocked(),
+                });
+            }
+        }
         Ok(publisher)
     }
 }
@@ -716,6 +746,16 @@ impl Publisher {
         self.inner.confirms
     }
 
+    /// Whether the broker has blocked the publisher's connection (`connection.blocked`, sent
+    /// during a memory or disk alarm): publishes wait, and time out, until it unblocks.
+    pub fn is_blocked(&self) -> bool {
+        self.inner
+            .status
+            .lock()
+            .map(|status| status.blocked())
+            .unwrap_or(false)
+    }
+
     /// Closes the publisher, for a graceful shutdown: later publishes (through any clone) fail
     /// with [`PublishError::Closed`]; a mandatory publish in flight finishes first; the
     /// channels are closed (the broker answers the confirms of everything published before),
@@ -743,7 +783,7 @@ impl Publisher {
                     let _ = channel.close(200, "publisher closed".into()).await;
                 }
             }
-            if let Origin::Config(_) = inner.origin {
+            if let Origin::Config(..) = inner.origin {
                 let connection = Arc::clone(&*inner.connection.lock().await);
                 if connection.status().connected() {
                     connection
@@ -764,11 +804,7 @@ impl Publisher {
                 exchange: String::new(),
                 routing_key: String::new(),
                 timeout: inner.timeout,
-                blocked: inner
-                    .status
-                    .lock()
-                    .map(|status| status.blocked())
-                    .unwrap_or(false),
+                blocked: self.is_blocked(),
             }),
         }
     }
@@ -844,11 +880,7 @@ impl Publisher {
         match tokio::time::timeout(inner.timeout, attempt).await {
             Ok(result) => result,
             Err(_elapsed) => {
-                let blocked = inner
-                    .status
-                    .lock()
-                    .map(|status| status.blocked())
-                    .unwrap_or(false);
+                let blocked = self.is_blocked();
                 // A mandatory lane's channel has already been retired (`RetireOnDrop`). The
                 // shared channel is replaced unless the whole connection is blocked, where a
                 // new channel would not help and each timeout would leave one more behind.
@@ -990,11 +1022,16 @@ impl Publisher {
         if connection.status().connected() {
             return Ok(Arc::clone(&connection));
         }
-        let Origin::Config(config) = &inner.origin else {
+        let Origin::Config(config, vhost) = &inner.origin else {
             return Err(ChannelError::ConnectionClosed);
         };
-        tracing::info!(broker = %config, "publisher reconnecting");
-        let fresh = Arc::new(config.connect().await.map_err(ChannelError::Connect)?);
+        tracing::info!(broker = %config, %vhost, "publisher reconnecting");
+        let fresh = Arc::new(
+            config
+                .connect_vhost(vhost)
+                .await
+                .map_err(ChannelError::Connect)?,
+        );
         if let Ok(mut status) = inner.status.lock() {
             *status = fresh.status().clone();
         }

@@ -694,3 +694,25 @@ async fn close_ends_publishing_and_the_connection() {
 
     delete_queue(&connection, &queue).await;
 }
+
+#[tokio::test]
+async fn publishes_to_the_vhost_it_is_given() {
+    let _shared = BROKER_ALARM.read().await;
+    let vhost = TestVhost::create("publish-vhost").await;
+    let connection = connect_vhost(vhost.name()).await;
+    declare_queue(&connection, "jobs").await;
+    // The configuration names the default vhost; the builder overrides it.
+    let publisher = Publisher::builder()
+        .vhost(vhost.name())
+        .connect(&config())
+        .await
+        .expect("publisher on the test vhost");
+    assert!(!publisher.is_blocked());
+    publisher
+        .publish_json("", "jobs", &serde_json::json!({"n": 1}))
+        .await
+        .expect("confirmed");
+    assert_eq!(message_count(&connection, "jobs").await, 1);
+    let listed = queue_info(vhost.name(), "jobs").await.expect("listed");
+    assert_eq!(listed.messages_ready, 1);
+}
