@@ -154,7 +154,13 @@ fn broker_pid() -> Option<String> {
         let name = e.file_name().into_string().ok()?;
         name.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
         let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        (comm.trim() == "beam.smp").then_some(name)
+        (comm.trim() == "beam.smp").then_some(())?;
+        // The node runs `-s rabbit`; `rabbitmqctl` calls start short-lived VMs of their own.
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.windows(2)
+            .any(|w| w[0] == b"-s" && w[1] == b"rabbit")
+            .then_some(name)
     })
 }
 
