@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use asyncworker_core::Error;
+use asyncworker_core::{Error, Settings};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{LongString, ShortString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
@@ -336,11 +336,41 @@ pub struct AmqpConfigBuilder {
     frame_max: Option<u32>,
     channel_max: Option<u16>,
     reconnect: Backoff,
+    /// The plain-AMQP port used when none is given (`ASYNCWORKER_AMQP_DEFAULT_PORT`).
+    default_port: u16,
     error: Option<String>,
 }
 
 impl Default for AmqpConfigBuilder {
+    /// A builder whose defaults come from the `ASYNCWORKER_AMQP_DEFAULT_*` variables
+    /// ([`Settings::from_env`]); a malformed variable makes [`AmqpConfigBuilder::build`] fail,
+    /// naming it.
     fn default() -> Self {
+        match Settings::from_env() {
+            Ok(settings) => Self::with_settings(&settings),
+            Err(error) => {
+                let mut builder = Self::with_settings(&Settings::default());
+                builder.fail(error.to_string());
+                builder
+            }
+        }
+    }
+}
+
+impl AmqpConfigBuilder {
+    /// A builder whose defaults (vhost, port, prefetch, heartbeat) come from `settings`
+    /// rather than the environment. Values set on the builder or in a URL win over them.
+    pub fn with_settings(settings: &Settings) -> Self {
+        AmqpConfigBuilder {
+            vhost: settings.amqp_default_vhost.clone(),
+            prefetch: settings.amqp_default_prefetch,
+            heartbeat: Duration::from_secs(settings.amqp_default_heartbeat.into()),
+            default_port: settings.amqp_default_port,
+            ..Self::fixed_defaults()
+        }
+    }
+
+    fn fixed_defaults() -> Self {
         AmqpConfigBuilder {
             tls: false,
             ca_pem: None,
@@ -357,6 +387,7 @@ impl Default for AmqpConfigBuilder {
             frame_max: None,
             channel_max: None,
             reconnect: Backoff::default(),
+            default_port: 5672,
             error: None,
         }
     }
@@ -425,12 +456,11 @@ impl AmqpConfigBuilder {
         if let Some(password) = url.password() {
             self.password = Secret(percent_decode(password, "password")?);
         }
-        // RabbitMQ's URI spec: no path → the default vhost "/"; otherwise the one path segment,
+        // RabbitMQ's URI spec: no path → the default vhost (ours: ASYNCWORKER_AMQP_DEFAULT_VHOST,
+        // else "/"), so the builder's vhost stays; otherwise the one path segment,
         // percent-decoded (so "/%2f" is "/" and "/" alone is the empty vhost "").
         let path = url.path();
-        if path.is_empty() {
-            self.vhost = "/".to_owned();
-        } else {
+        if !path.is_empty() {
             let segment = &path[1..];
             if segment.contains('/') {
                 return Err(
@@ -681,7 +711,11 @@ impl AmqpConfigBuilder {
         } else {
             None
         };
-        let port = self.port.unwrap_or(if tls.is_some() { 5671 } else { 5672 });
+        let port = self.port.unwrap_or(if tls.is_some() {
+            5671
+        } else {
+            self.default_port
+        });
         if port == 0 {
             return Err(Error::config("the AMQP port must not be 0"));
         }
@@ -874,6 +908,42 @@ mod tests {
             Err(Error::Config(m)) => m,
             other => panic!("expected a config error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn settings_give_the_defaults_and_explicit_values_win() {
+        let settings = Settings::from_lookup(|name| {
+            match name {
+                "ASYNCWORKER_AMQP_DEFAULT_VHOST" => Some("fluentd"),
+                "ASYNCWORKER_AMQP_DEFAULT_PORT" => Some("5673"),
+                "ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT" => Some("256"),
+                "ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT" => Some("5"),
+                _ => None,
+            }
+            .map(str::to_owned)
+        })
+        .unwrap();
+        // A URL without port or vhost takes both from the settings.
+        let c = AmqpConfigBuilder::with_settings(&settings)
+            .url("amqp://guest:guest@127.0.0.1")
+            .build()
+            .unwrap();
+        assert_eq!((c.port(), c.vhost()), (5673, "fluentd"));
+        assert_eq!((c.prefetch(), c.heartbeat()), (256, Duration::from_secs(5)));
+        // What the code says wins over the settings.
+        let c = AmqpConfigBuilder::with_settings(&settings)
+            .url("amqp://127.0.0.1:5672/%2f?heartbeat=9")
+            .prefetch(10)
+            .build()
+            .unwrap();
+        assert_eq!((c.port(), c.vhost()), (5672, "/"));
+        assert_eq!((c.prefetch(), c.heartbeat()), (10, Duration::from_secs(9)));
+        // TLS keeps its own default port.
+        let c = AmqpConfigBuilder::with_settings(&settings)
+            .url("amqps://127.0.0.1")
+            .build()
+            .unwrap();
+        assert_eq!(c.port(), 5671);
     }
 
     #[test]

@@ -111,13 +111,10 @@ impl Settings {
                 })?;
         }
         if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT") {
-            settings.amqp_default_heartbeat = v.parse().map_err(|_| {
-                invalid(
-                    "ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT",
-                    &v,
-                    "seconds, 0-65535 (0 disables)",
-                )
-            })?;
+            settings.amqp_default_heartbeat =
+                v.parse().ok().filter(|h| *h > 0).ok_or_else(|| {
+                    invalid("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", &v, "seconds, 1-65535")
+                })?;
         }
         if let Some(v) = get("ASYNCWORKER_FLUSH_TIMEOUT") {
             settings.flush_timeout = v
@@ -249,6 +246,7 @@ mod tests {
             ("ASYNCWORKER_AMQP_DEFAULT_PORT", "0"),
             ("ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT", "-1"),
             ("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "soon"),
+            ("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "0"),
             ("ASYNCWORKER_FLUSH_TIMEOUT", "NaN"),
             ("ASYNCWORKER_METRICS_NAMESPACE", "my-app"),
         ] {
