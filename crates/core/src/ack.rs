@@ -215,6 +215,8 @@ impl SettleGuard {
         for settlement in &self.settlements {
             match settlement.settle_marked_or(default) {
                 Ok(action) => counts[action_index(action)] += 1,
+                // Settled already (by hand, in the handler): nothing was lost, nothing to do.
+                Err((_, crate::SettleError::AlreadySettled)) => {}
                 Err((action, error)) => {
                     metrics.settle_failed();
                     tracing::warn!(route = metrics.route(), %action, %error, "settlement failed");

@@ -356,3 +356,41 @@ async fn error_after_retries_reaches_ack_and_marks_survive_attempts() {
     assert_eq!(queue.settlement_history(ids[0]), vec![Action::Requeue]);
     assert_eq!(queue.settlement_history(ids[1]), vec![Action::Reject]);
 }
+
+#[tokio::test]
+async fn a_message_the_handler_settled_itself_is_not_settled_again_nor_counted_as_a_failure() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let metrics = asyncworker_core::metrics::RouteMetrics::new("asyncworker", "by-hand");
+
+    let queue = MemoryQueue::new();
+    let id = queue.push_bytes("x");
+    queue.close();
+    let stack = ServiceBuilder::new()
+        .bulk(BulkLayer::new(1).expect("bulk size"))
+        .ack(AckLayer::new().metrics(metrics))
+        .service(service_fn(|batch: Vec<MemoryMessage>| async move {
+            for message in &batch {
+                message
+                    .settlement()
+                    .settle(Action::Reject)
+                    .expect("first settle");
+            }
+            Ok::<_, BoxError>(())
+        }));
+    Worker::new(queue.source(), stack).run().await.expect("run");
+
+    assert_eq!(queue.settlement_history(id), vec![Action::Reject]);
+    let failures: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "asyncworker_settle_failures_total")
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(failures, 0);
+}
