@@ -39,6 +39,24 @@ async fn counts(conn: &Connection, queue: &str) -> (u32, u32) {
     (c.messages, c.consumers)
 }
 
+/// Assert that `queue` settles at `expected` (ready messages, consumers): a cancelled consumer
+/// and the requeues of closing channels reach the broker's counts shortly after the stream
+/// ends, so poll for a while before failing with the last counts seen.
+async fn assert_counts(conn: &Connection, queue: &str, expected: (u32, u32)) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen = counts(conn, queue).await;
+        if seen == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{queue}: (ready, consumers) = {seen:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 /// Poll `cond` until it holds; fail the test after `secs` seconds, saying `what`.
 async fn eventually<F, Fut>(secs: u64, what: &str, cond: F)
 where
@@ -82,7 +100,7 @@ async fn acked_messages_leave_the_queue() {
     // must be empty, with no consumer left.
     stop(stream, shutdown).await;
     assert!(!readiness.get());
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     let info = queue_info("/", &q).await.expect("the queue is listed");
     assert_eq!((info.messages_ready, info.messages_unacknowledged), (0, 0));
     delete_queue(&conn, &q).await;
@@ -115,7 +133,7 @@ async fn requeued_message_comes_back_redelivered() {
     );
     second.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
 }
 
@@ -156,7 +174,7 @@ async fn rejected_messages_are_dead_lettered_and_mixed_marks_apply() {
         counts(&conn, &dlq).await.0 == 1
     })
     .await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
     delete_queue(&conn, &dlq).await;
 }
@@ -183,8 +201,8 @@ async fn one_route_consumes_two_queues() {
     }
     assert!(readiness.get());
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q1).await, (0, 0));
-    assert_eq!(counts(&conn, &q2).await, (0, 0));
+    assert_counts(&conn, &q1, (0, 0)).await;
+    assert_counts(&conn, &q2, (0, 0)).await;
     delete_queue(&conn, &q1).await;
     delete_queue(&conn, &q2).await;
 }
@@ -207,7 +225,7 @@ async fn a_route_consumes_on_a_non_default_vhost() {
     assert_eq!(msg.text().unwrap(), "in a vhost");
     msg.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,15 +431,17 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
     );
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    // Only the settlement that reached a live channel counts as one.
-    assert_eq!(
+    // Only the settlement that reached a live channel counts as one (the channel task counts
+    // it once the ack is written, possibly just after the stream ended).
+    assert_counts(&conn, &q, (0, 0)).await;
+    let settled = || {
         counter(
             "asyncworker_amqp_settlements_total",
-            &[("queue", &q), ("action", "ack")]
-        ),
-        1
-    );
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+            &[("queue", &q), ("action", "ack")],
+        )
+    };
+    eventually(5, "the live ack is counted", || async { settled() >= 1 }).await;
+    assert_eq!(settled(), 1);
     delete_queue(&conn, &q).await;
 }
 
@@ -473,8 +493,8 @@ async fn a_missing_queue_is_reported_and_retried_while_the_others_are_consumed()
     })
     .await;
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &present).await, (0, 0));
-    assert_eq!(counts(&conn, &missing).await, (0, 0));
+    assert_counts(&conn, &present, (0, 0)).await;
+    assert_counts(&conn, &missing, (0, 0)).await;
     delete_queue(&conn, &present).await;
     delete_queue(&conn, &missing).await;
 }
@@ -537,7 +557,7 @@ async fn requeue_tail_goes_behind_the_queue_and_the_cap_dead_letters() {
     })
     .await;
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
     delete_queue(&conn, &dlq).await;
 }
@@ -579,7 +599,7 @@ async fn an_undecodable_body_is_rejected_not_requeued() {
         counts(&conn, &dlq).await.0 == 1
     })
     .await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
     delete_queue(&conn, &dlq).await;
 }
@@ -609,7 +629,7 @@ async fn the_prefetch_bounds_unsettled_deliveries() {
         m.settlement().settle(Action::Ack).unwrap();
     }
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
 }
 
@@ -665,7 +685,7 @@ async fn unsettled_messages_dropped_by_the_handler_are_requeued() {
     assert!(again.redelivered());
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
 }
 
@@ -706,7 +726,7 @@ async fn consumes_over_tls_with_verification() {
     assert!(subject.contains("asyncworker-test-client"), "{seen:?}");
     msg.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
 
     // Verification is on: without the test CA the broker's certificate is not trusted.
     let untrusted = AmqpConfig::from_url(&amqps_url())
@@ -752,7 +772,7 @@ async fn a_queue_deleted_while_consumed_is_consumed_again_once_it_is_back() {
     after.settlement().settle(Action::Ack).unwrap();
     eventually(5, "ready again", || async { readiness.get() }).await;
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
 }
 
@@ -823,7 +843,7 @@ async fn deliveries_of_a_dead_connection_still_in_the_stream_are_not_handed_out(
         Err(SettleError::ChannelClosed)
     ));
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
 }
 
@@ -858,7 +878,7 @@ async fn coalesced_acks_never_cover_an_unsettled_delivery() {
         m.settlement().settle(Action::Ack).unwrap();
     }
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
 }
 
@@ -917,7 +937,7 @@ async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() 
     again.settlement().settle(Action::Ack).unwrap();
     eventually(5, "ready again", || async { readiness.get() }).await;
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
 }
 
@@ -953,7 +973,7 @@ async fn the_prefetch_is_applied_again_after_a_reconnect() {
     }
     drop(before);
     stop(stream, shutdown).await;
-    assert_eq!(counts(&conn, &q).await, (0, 0));
+    assert_counts(&conn, &q, (0, 0)).await;
     delete_queue(&conn, &q).await;
 }
 
