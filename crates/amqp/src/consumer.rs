@@ -29,6 +29,9 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEUE_TAIL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many settlement requests one pass of the channel task takes at most.
 const MAX_BATCH: usize = 4096;
+/// How long acknowledgements may wait to be coalesced with later ones (see
+/// `ChannelState::process`).
+const ACK_DELAY: Duration = Duration::from_millis(5);
 
 pub(crate) type Item = Result<AmqpMessage, AmqpError>;
 
@@ -257,6 +260,13 @@ impl QueueTask {
         let mut consuming = true;
         let mut intake = true;
         let mut batch = Vec::new();
+        // Coalescing: acks wait (up to ACK_DELAY) until half the prefetch can go in one
+        // `multiple` ack — fewer frames for the broker, which is the bottleneck — unless every
+        // handed-out delivery is settled already.
+        let ack_threshold = usize::from(self.shared.prefetch / 2).max(1);
+        let ack_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(ack_timer);
+        let mut acks_waiting = false;
         let ended = loop {
             if !intake && ch.outstanding.live() == 0 {
                 break Ended::Shutdown;
@@ -295,7 +305,26 @@ impl QueueTask {
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = ch.process(&mut batch).await {
+                    // After shutdown nothing is worth waiting for.
+                    let threshold = if intake { ack_threshold } else { 0 };
+                    match ch.process(&mut batch, threshold).await {
+                        Ok(true) if !acks_waiting => {
+                            acks_waiting = true;
+                            ack_timer.as_mut().reset(tokio::time::Instant::now() + ACK_DELAY);
+                        }
+                        Ok(true) => {}
+                        Ok(false) => acks_waiting = false,
+                        Err(e) => break if self.connection_alive() {
+                            Ended::Channel(format!("a settlement failed: {e}"))
+                        } else {
+                            self.shared.note_loss(|| e.to_string());
+                            Ended::ConnectionLost
+                        },
+                    }
+                }
+                () = &mut ack_timer, if acks_waiting => {
+                    acks_waiting = false;
+                    if let Err(e) = ch.process(&mut batch, 0).await {
                         break if self.connection_alive() {
                             Ended::Channel(format!("a settlement failed: {e}"))
                         } else {
@@ -416,7 +445,15 @@ impl ChannelState {
     /// Perform a batch of requests; an error means the channel (or connection) is unusable.
     /// The settlements it could not send are logged and counted (the broker redelivers
     /// their messages).
-    async fn process(&mut self, batch: &mut Vec<Cmd>) -> Result<(), lapin::Error> {
+    ///
+    /// Acknowledgements are sent unless they can wait for more ([`Outstanding::can_defer_acks`]
+    /// with `ack_threshold`; 0 sends them now): `Ok(true)` says they wait, and the caller
+    /// calls again, with an empty batch, once `ACK_DELAY` has passed.
+    async fn process(
+        &mut self,
+        batch: &mut Vec<Cmd>,
+        ack_threshold: usize,
+    ) -> Result<bool, lapin::Error> {
         let mut cmds = batch.drain(..);
         while let Some(cmd) = cmds.next() {
             let (failed_on, result) = match cmd {
@@ -440,6 +477,9 @@ impl ChannelState {
                 }
                 return Err(e);
             }
+        }
+        if self.outstanding.can_defer_acks(ack_threshold) {
+            return Ok(true);
         }
         let plan = self.outstanding.take_plan();
         tracing::trace!(queue = %self.queue.name, ?plan, unsettled = self.outstanding.live(), "settling");
@@ -467,7 +507,7 @@ impl ChannelState {
                 return Err(e);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// `n` settlements with `action` could not be sent because of `error`.

@@ -166,6 +166,14 @@ impl Outstanding {
         self.live
     }
 
+    /// Whether the wanted acknowledgements can wait for more: fewer than `threshold` of them,
+    /// and some handed-out delivery still unsettled (its settlement wakes the channel task
+    /// again). When every handed-out delivery is settled nothing else may come — the broker
+    /// sends no more once the prefetch is used up — so they must go now.
+    pub(crate) fn can_defer_acks(&self, threshold: usize) -> bool {
+        self.wanted > 0 && self.wanted < threshold && self.live > self.wanted
+    }
+
     fn state_mut(&mut self, tag: u64) -> Option<&mut State> {
         let i = self.entries.binary_search_by_key(&tag, |(t, _)| *t).ok()?;
         Some(&mut self.entries[i].1)
@@ -367,6 +375,19 @@ mod tests {
         o.release(1);
         assert!(o.settle_now(1));
         assert_eq!(o.live(), 0);
+    }
+
+    #[test]
+    fn acks_wait_only_while_something_else_is_unsettled() {
+        let mut o = out(1..=4);
+        assert!(!o.can_defer_acks(2), "nothing to ack");
+        assert!(o.want_ack(1));
+        assert!(o.can_defer_acks(2), "1 < 2 and 2..=4 still pending");
+        assert!(!o.can_defer_acks(1), "the threshold is reached");
+        for t in 2..=4 {
+            assert!(o.want_ack(t));
+        }
+        assert!(!o.can_defer_acks(100), "every delivery is settled: ack now");
     }
 
     #[test]
