@@ -548,7 +548,12 @@ async fn parent() -> Result<()> {
                 }
                 ch.queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
                     .await?;
-                eprintln!("round {round} {mode:>12}: {:>8.0} msgs/s", run.rate());
+                eprintln!(
+                    "round {round} {mode:>12}: {:>8.0} msgs/s ({:.2} CPU µs/msg); load {}",
+                    run.rate(),
+                    run.cpu_us_per_msg(),
+                    load_average()
+                );
                 runs.push(run);
             }
             Ok::<_, BoxError>(())
@@ -580,9 +585,14 @@ async fn parent() -> Result<()> {
                 .await?;
             let (fill, drain) = outcome?;
             eprintln!(
-                "round {round} {arm:>12}: {:>8.0} msgs/s drain, {:>8.0} msgs/s fill",
+                "round {round} {arm:>12}: {:>8.0} msgs/s drain ({:.2} CPU µs/msg, {:.1} MiB, \
+                 broker {:.2} s), {:>8.0} msgs/s fill; load {}",
                 drain.rate(),
-                fill.rate()
+                drain.cpu_us_per_msg(),
+                drain.rss_mib(),
+                drain.broker_cpu_secs,
+                fill.rate(),
+                load_average(),
             );
             fills.push(fill);
             runs.push(drain);
