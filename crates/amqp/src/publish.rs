@@ -112,6 +112,14 @@ pub enum PublishError {
     /// The publisher's options are invalid (found when it is built).
     #[error("invalid publisher options: {0}")]
     InvalidOptions(&'static str),
+    /// A field of the message does not fit AMQP: the exchange, the routing key, a header name
+    /// or a short-string property (content type, message id, ...) longer than 255 bytes.
+    /// Nothing was sent.
+    #[error("invalid message: its {field} is longer than AMQP's 255 bytes")]
+    InvalidMessage {
+        /// The field that does not fit (`exchange`, `routing key`, `message id`, ...).
+        field: &'static str,
+    },
     /// A mandatory message reached no queue: the broker returned it (`basic.return`).
     #[error(
         "message to exchange {exchange:?} with routing key {routing_key:?} is unroutable: \
@@ -221,6 +229,9 @@ pub struct OutgoingMessage {
     headers: FieldTable,
     persistent: Option<bool>,
     mandatory: Option<bool>,
+    /// The first property or header that did not fit an AMQP short string: publishing the
+    /// message is then [`PublishError::InvalidMessage`] (the setters cannot fail).
+    invalid: Option<&'static str>,
 }
 
 impl OutgoingMessage {
@@ -239,6 +250,7 @@ impl OutgoingMessage {
             headers: FieldTable::default(),
             persistent: None,
             mandatory: None,
+            invalid: None,
         }
     }
 
@@ -317,48 +329,80 @@ impl OutgoingMessage {
     /// Adds (or replaces) a header. Strings, integers, booleans, floats and lapin's
     /// [`AMQPValue`]s are accepted.
     pub fn header(mut self, key: impl Into<String>, value: impl Into<HeaderValue>) -> Self {
-        self.headers
-            .insert(ShortString::from(key.into()), value.into().0);
+        if let Some(key) = self.short("header name", key.into()) {
+            self.headers.insert(key, value.into().0);
+        }
         self
+    }
+
+    /// `value` as an AMQP short string, or `None` (and the message marked invalid) when it is
+    /// longer than 255 bytes: lapin's `ShortString::from` would panic on it.
+    fn short(&mut self, field: &'static str, value: String) -> Option<ShortString> {
+        match ShortString::try_new(value) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                self.invalid.get_or_insert(field);
+                None
+            }
+        }
+    }
+
+    /// The exchange and routing key as AMQP short strings.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::InvalidMessage`] when a field of the message does not fit AMQP.
+    fn destination(&self) -> Result<(ShortString, ShortString), PublishError> {
+        if let Some(field) = self.invalid {
+            return Err(PublishError::InvalidMessage { field });
+        }
+        let exchange = ShortString::try_new(self.exchange.as_str())
+            .map_err(|_| PublishError::InvalidMessage { field: "exchange" })?;
+        let routing_key = ShortString::try_new(self.routing_key.as_str()).map_err(|_| {
+            PublishError::InvalidMessage {
+                field: "routing key",
+            }
+        })?;
+        Ok((exchange, routing_key))
     }
 
     /// The content type (set by [`OutgoingMessage::json`] and [`OutgoingMessage::text`]).
     pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
-        self.properties = self
-            .properties
-            .with_content_type(ShortString::from(content_type.into()));
+        if let Some(value) = self.short("content type", content_type.into()) {
+            self.properties = self.properties.with_content_type(value);
+        }
         self
     }
 
     /// The content encoding (`gzip`, …).
     pub fn content_encoding(mut self, encoding: impl Into<String>) -> Self {
-        self.properties = self
-            .properties
-            .with_content_encoding(ShortString::from(encoding.into()));
+        if let Some(value) = self.short("content encoding", encoding.into()) {
+            self.properties = self.properties.with_content_encoding(value);
+        }
         self
     }
 
     /// The correlation id.
     pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
-        self.properties = self
-            .properties
-            .with_correlation_id(ShortString::from(id.into()));
+        if let Some(value) = self.short("correlation id", id.into()) {
+            self.properties = self.properties.with_correlation_id(value);
+        }
         self
     }
 
     /// The message id.
     pub fn message_id(mut self, id: impl Into<String>) -> Self {
-        self.properties = self
-            .properties
-            .with_message_id(ShortString::from(id.into()));
+        if let Some(value) = self.short("message id", id.into()) {
+            self.properties = self.properties.with_message_id(value);
+        }
         self
     }
 
     /// The queue replies should go to.
     pub fn reply_to(mut self, queue: impl Into<String>) -> Self {
-        self.properties = self
-            .properties
-            .with_reply_to(ShortString::from(queue.into()));
+        if let Some(value) = self.short("reply-to queue", queue.into()) {
+            self.properties = self.properties.with_reply_to(value);
+        }
         self
     }
 
@@ -367,7 +411,7 @@ impl OutgoingMessage {
     pub fn expiration(mut self, ttl: Duration) -> Self {
         self.properties = self
             .properties
-            .with_expiration(ShortString::from(ttl.as_millis().to_string()));
+            .with_expiration(ttl.as_millis().to_string().into()); // at most 39 digits
         self
     }
 
@@ -388,23 +432,25 @@ impl OutgoingMessage {
 
     /// The message type (AMQP's `type` property).
     pub fn kind(mut self, kind: impl Into<String>) -> Self {
-        self.properties = self.properties.with_type(ShortString::from(kind.into()));
+        if let Some(value) = self.short("type", kind.into()) {
+            self.properties = self.properties.with_type(value);
+        }
         self
     }
 
     /// The application id.
     pub fn app_id(mut self, app_id: impl Into<String>) -> Self {
-        self.properties = self
-            .properties
-            .with_app_id(ShortString::from(app_id.into()));
+        if let Some(value) = self.short("app id", app_id.into()) {
+            self.properties = self.properties.with_app_id(value);
+        }
         self
     }
 
     /// The user id; RabbitMQ rejects a message whose user id is not the connection's user.
     pub fn user_id(mut self, user_id: impl Into<String>) -> Self {
-        self.properties = self
-            .properties
-            .with_user_id(ShortString::from(user_id.into()));
+        if let Some(value) = self.short("user id", user_id.into()) {
+            self.properties = self.properties.with_user_id(value);
+        }
         self
     }
 
@@ -864,19 +910,22 @@ impl Publisher {
     /// - [`PublishError::Nacked`] when the broker nacked it;
     /// - [`PublishError::ExchangeNotFound`] when the exchange does not exist;
     /// - [`PublishError::Connect`] / [`PublishError::ConnectionClosed`] /
-    ///   [`PublishError::Amqp`] when the connection or channel fails.
+    ///   [`PublishError::Amqp`] when the connection or channel fails;
+    /// - [`PublishError::InvalidMessage`], before anything is sent, when the exchange, the
+    ///   routing key, a header name or a property is longer than AMQP allows.
     pub async fn publish(&self, message: OutgoingMessage) -> Result<(), PublishError> {
         let inner = &*self.inner;
         if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
+        let destination = message.destination()?;
         let mandatory = message.mandatory.unwrap_or(inner.mandatory);
         let lane = if mandatory {
             &inner.mandatory_lane
         } else {
             &inner.shared
         };
-        let attempt = self.publish_on(lane, &message, mandatory);
+        let attempt = self.publish_on(lane, &message, destination, mandatory);
         match tokio::time::timeout(inner.timeout, attempt).await {
             Ok(result) => result,
             Err(_elapsed) => {
@@ -914,6 +963,7 @@ impl Publisher {
         &self,
         lane: &Mutex<Option<Channel>>,
         message: &OutgoingMessage,
+        destination: (ShortString, ShortString),
         mandatory: bool,
     ) -> Result<(), PublishError> {
         let exchange = message.exchange.as_str();
@@ -931,12 +981,12 @@ impl Publisher {
             // and lapin would hand it to the next mandatory publish's confirm: retire the
             // channel instead.
             let mut retire = RetireOnDrop(Some(guard));
-            let result = self.send(&channel, message, true).await;
+            let result = self.send(&channel, message, destination, true).await;
             retire.0 = None;
             result
         } else {
             drop(guard);
-            self.send(&channel, message, false).await
+            self.send(&channel, message, destination, false).await
         };
         self.record(&result);
         result
@@ -953,10 +1003,13 @@ impl Publisher {
         metrics::counter!("asyncworker_amqp_published_total", "outcome" => outcome).increment(1);
     }
 
+    /// Publish `message` to `destination` (its exchange and routing key, checked by
+    /// [`OutgoingMessage::destination`]).
     async fn send(
         &self,
         channel: &Channel,
         message: &OutgoingMessage,
+        (exchange_name, routing_key_name): (ShortString, ShortString),
         mandatory: bool,
     ) -> Result<(), PublishError> {
         let exchange = message.exchange.as_str();
@@ -964,8 +1017,8 @@ impl Publisher {
         let amqp = |source: lapin::Error| classify(exchange, routing_key, source);
         let confirm = channel
             .basic_publish(
-                ShortString::from(exchange),
-                ShortString::from(routing_key),
+                exchange_name,
+                routing_key_name,
                 BasicPublishOptions {
                     mandatory,
                     immediate: false,
@@ -1148,6 +1201,71 @@ mod tests {
         map.insert(vec![1u8], 1);
         let error = OutgoingMessage::json("", "q", &map).unwrap_err();
         assert!(matches!(error, PublishError::Serialize(_)), "{error}");
+    }
+
+    #[test]
+    fn fields_too_long_for_amqp_are_an_error_not_a_panic() {
+        let long = "x".repeat(256);
+        // Each setter used to panic inside lapin's `ShortString::from`.
+        for (field, message) in [
+            (
+                "content type",
+                OutgoingMessage::new("", "q", "x").content_type(long.clone()),
+            ),
+            (
+                "content encoding",
+                OutgoingMessage::new("", "q", "x").content_encoding(long.clone()),
+            ),
+            (
+                "correlation id",
+                OutgoingMessage::new("", "q", "x").correlation_id(long.clone()),
+            ),
+            (
+                "message id",
+                OutgoingMessage::new("", "q", "x").message_id(long.clone()),
+            ),
+            (
+                "reply-to queue",
+                OutgoingMessage::new("", "q", "x").reply_to(long.clone()),
+            ),
+            (
+                "type",
+                OutgoingMessage::new("", "q", "x").kind(long.clone()),
+            ),
+            (
+                "app id",
+                OutgoingMessage::new("", "q", "x").app_id(long.clone()),
+            ),
+            (
+                "user id",
+                OutgoingMessage::new("", "q", "x").user_id(long.clone()),
+            ),
+            (
+                "header name",
+                OutgoingMessage::new("", "q", "x").header(long.clone(), 1),
+            ),
+            ("exchange", OutgoingMessage::new(long.clone(), "q", "x")),
+            ("routing key", OutgoingMessage::new("", long.clone(), "x")),
+        ] {
+            match message.destination() {
+                Err(PublishError::InvalidMessage { field: f }) => assert_eq!(f, field),
+                other => panic!("{field}: expected InvalidMessage, got {other:?}"),
+            }
+        }
+        // The first field that does not fit is the one named; 255 bytes fit.
+        let ok = "y".repeat(255);
+        let message = OutgoingMessage::new(ok.clone(), ok.clone(), "x").message_id(ok);
+        assert!(message.destination().is_ok());
+        let text = OutgoingMessage::new("", "q", "x")
+            .message_id(long.clone())
+            .app_id(long)
+            .destination()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("message id") && text.contains("255"),
+            "{text}"
+        );
     }
 
     #[test]
