@@ -110,9 +110,20 @@ struct State {
     ready: VecDeque<MemoryMessage>,
     closed: bool,
     redeliver: bool,
-    waker: Option<Waker>,
+    /// The wakers of the sources waiting for a message: every source of the queue, not only
+    /// the last one polled, must hear of a push or of the close.
+    wakers: Vec<Waker>,
     records: Vec<Record>,
     delivered: usize,
+}
+
+impl State {
+    /// Wake every waiting source.
+    fn wake_sources(&mut self) {
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+    }
 }
 
 struct Record {
@@ -151,9 +162,7 @@ impl MemoryQueue {
         });
         let message = self.message(id, payload, false);
         state.ready.push_back(message);
-        if let Some(waker) = state.waker.take() {
-            waker.wake();
-        }
+        state.wake_sources();
         id
     }
 
@@ -184,9 +193,7 @@ impl MemoryQueue {
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        if let Some(waker) = state.waker.take() {
-            waker.wake();
-        }
+        state.wake_sources();
     }
 
     /// A source (a `Stream`) of the queue's messages. Several sources of one queue share its
@@ -313,9 +320,7 @@ impl Settle for MemorySettle {
             let payload = record.payload.clone();
             let message = queue.message(self.id, payload, true);
             state.ready.push_back(message);
-            if let Some(waker) = state.waker.take() {
-                waker.wake();
-            }
+            state.wake_sources();
         }
         drop(state);
         queue.shared.settled.notify_waiters();
@@ -351,7 +356,9 @@ impl Stream for MemorySource {
         if state.closed {
             return Poll::Ready(None);
         }
-        state.waker = Some(cx.waker().clone());
+        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
+        }
         Poll::Pending
     }
 }
