@@ -41,7 +41,7 @@
 //! | `PREFETCH` | `256` | `basic.qos` of every consumer |
 //! | `BODY_BYTES` | `100` | message size |
 //! | `PUBLISH_WINDOW` | `1024` | unconfirmed publishes in flight while filling |
-//! | `ARMS` | all | comma-separated drain arms to run, e.g. `raw-multiple,aw-bulk256` |
+//! | `ARMS` | all | comma-separated drain arms to run, e.g. `raw-multiple,aw-bulk256`; also `aw-bulk1-bare` (Bulk → Ack only) |
 //! | `ROUNDS` | `1` | run every arm this many times (interleaved); the median is reported |
 //! | `RUST_LOG` | unset | when set, the children log (tracing) to stderr |
 
@@ -72,6 +72,10 @@ const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const MULTIPLE_EVERY: usize = 128;
 /// Linux reports `utime` / `stime` in clock ticks of 1/100 s (`USER_HZ`).
 const TICKS_PER_SEC: f64 = 100.0;
+
+/// Extra arms, only run when `ARMS` names them: `aw-bulk1-bare` is Bulk → Ack → handler
+/// (no Timeit, no Retry), to see what those two cost.
+const EXTRA_ARMS: [&str; 1] = ["aw-bulk1-bare"];
 
 const DRAIN_ARMS: [&str; 5] = [
     "raw-multiple",
@@ -254,8 +258,9 @@ async fn child(mode: &str, queue: &str, n: usize) -> Result<Run> {
         "pub-raw" => publish_raw(queue, n).await,
         "pub-aw" => publish_asyncworker(queue, n).await,
         "raw-multiple" | "raw-awaited" | "raw-spawned" => drain_raw(mode, queue, n).await,
-        "aw-bulk1" => drain_asyncworker(queue, n, 1).await,
-        "aw-bulk256" => drain_asyncworker(queue, n, 256).await,
+        "aw-bulk1" => drain_asyncworker(queue, n, 1, true).await,
+        "aw-bulk256" => drain_asyncworker(queue, n, 256, true).await,
+        "aw-bulk1-bare" => drain_asyncworker(queue, n, 1, false).await,
         other => Err(format!("unknown mode {other:?}").into()),
     }
 }
@@ -390,7 +395,7 @@ async fn drain_raw(mode: &str, queue: &str, n: usize) -> Result<Run> {
 
 /// The full stack as a user writes it: an `App` route over an `AmqpSource`, with
 /// Bulk → Ack → Timeit → Retry → a no-op handler.
-async fn drain_asyncworker(queue: &str, n: usize, bulk: usize) -> Result<Run> {
+async fn drain_asyncworker(queue: &str, n: usize, bulk: usize, full: bool) -> Result<Run> {
     let prefetch: u16 = env_or("PREFETCH", 256u16);
     let config = AmqpConfig::builder()
         .url(&url())
@@ -425,8 +430,10 @@ async fn drain_asyncworker(queue: &str, n: usize, bulk: usize) -> Result<Run> {
             })
             .layer(cx.bulk_layer::<AmqpMessage>(bulk)?)
             .layer(cx.ack_layer())
-            .layer(TimeitLayer::new("e2e_bench"))
-            .layer(RetryLayer::new(RetryConfig::default()).with_shutdown(cx.shutdown().clone()))
+            .option_layer(full.then(|| TimeitLayer::new("e2e_bench")))
+            .option_layer(full.then(|| {
+                RetryLayer::new(RetryConfig::default()).with_shutdown(cx.shutdown().clone())
+            }))
             .service(handler))
     });
     app.run().await?;
@@ -514,7 +521,7 @@ async fn parent() -> Result<()> {
         _ => DRAIN_ARMS.iter().map(|a| (*a).to_owned()).collect(),
     };
     for arm in &arms {
-        if !DRAIN_ARMS.contains(&arm.as_str()) {
+        if !DRAIN_ARMS.contains(&arm.as_str()) && !EXTRA_ARMS.contains(&arm.as_str()) {
             return Err(format!("unknown arm {arm:?}; arms: {}", DRAIN_ARMS.join(", ")).into());
         }
     }
