@@ -207,11 +207,13 @@ where
                         }
                     }
                 }
-                if intake && triggered.as_mut().poll(cx).is_ready() {
-                    intake = false;
-                    tracing::info!(route = %route, in_flight = in_flight.len(), "shutdown: intake stopped");
-                }
-                if !intake && deadline.is_none() && shutdown.is_triggered() {
+                // Watched until it fires, whatever stopped intake first, so a shutdown that
+                // comes while in-flight work hangs still starts the grace period.
+                if deadline.is_none() && triggered.as_mut().poll(cx).is_ready() {
+                    if intake {
+                        intake = false;
+                        tracing::info!(route = %route, in_flight = in_flight.len(), "shutdown: intake stopped");
+                    }
                     deadline = Some(Box::pin(tokio::time::sleep(grace)));
                 }
                 if intake && in_flight.len() < limit {
@@ -267,6 +269,9 @@ where
                             tracing::error!(route = %route, %error, "service failed; route stops taking messages");
                             service_error = Some(error);
                             intake = false;
+                            // The route is over: flush partial batches and give in-flight
+                            // work the grace period, as at shutdown.
+                            shutdown.trigger();
                             continue;
                         }
                         Poll::Pending => {}

@@ -339,3 +339,74 @@ async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
     }
     assert_eq!(queue.outstanding(), 0, "nothing unsettled afterwards");
 }
+
+/// A `Service<M>` that takes one message, then fails in `poll_ready`.
+struct BreaksAfterOne<S> {
+    inner: S,
+    calls: usize,
+}
+
+impl<S, M> tower::Service<M> for BreaksAfterOne<S>
+where
+    S: tower::Service<M>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = futures::future::MapErr<S::Future, fn(S::Error) -> BoxError>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.calls >= 1 {
+            return std::task::Poll::Ready(Err("the service broke".into()));
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, message: M) -> Self::Future {
+        use futures::TryFutureExt;
+        self.calls += 1;
+        self.inner
+            .call(message)
+            .map_err(Into::into as fn(S::Error) -> BoxError)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_service_gives_its_stuck_work_the_grace_period_not_forever() {
+    let queue = MemoryQueue::new();
+    queue.push_bytes("stuck");
+    queue.push_bytes("never taken");
+    let stack = ServiceBuilder::new()
+        .bulk(BulkLayer::new(1).expect("valid size"))
+        .ack(AckLayer::new())
+        .service(service_fn(|_: Vec<MemoryMessage>| async {
+            std::future::pending::<()>().await;
+            Ok::<(), BoxError>(())
+        }));
+    let start = Instant::now();
+    let outcome = Worker::new(
+        queue.source(),
+        BreaksAfterOne {
+            inner: stack,
+            calls: 0,
+        },
+    )
+    .grace_period(secs(5))
+    .run()
+    .await;
+    let error = outcome.expect_err("the service's failure is the worker's error");
+    assert!(error.to_string().contains("the service broke"), "{error}");
+    assert_eq!(start.elapsed(), secs(5), "bounded by the grace period");
+    assert_eq!(
+        queue
+            .settlements()
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect::<Vec<_>>(),
+        [Some(Action::Requeue), None],
+        "the stuck message is requeued; the other was never delivered"
+    );
+}
