@@ -181,9 +181,9 @@ impl<T: Settle> Drop for Slot<T> {
         if !*self.settled.get_mut() {
             *self.settled.get_mut() = true;
             if let Err(error) = self.settler.settle(Action::Requeue) {
+                // No route is known here, so no route metric: backends count their own
+                // failed settlements (the AMQP one by queue and reason).
                 tracing::warn!(%error, "requeue of a message dropped unsettled failed");
-                metrics::counter!("asyncworker_settle_failures_total", "action" => "requeue")
-                    .increment(1);
             } else {
                 tracing::debug!("message dropped unsettled; requeued");
             }
