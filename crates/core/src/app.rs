@@ -480,6 +480,10 @@ impl App {
 
     /// Whether `run` listens for SIGINT/SIGTERM (default on). Turn it off when the process
     /// handles signals itself and uses a [`ShutdownHandle`].
+    ///
+    /// Tokio keeps a signal's handler installed for the rest of the process once it has been
+    /// listened to: a program that goes on after `run` returns no longer dies of SIGINT or
+    /// SIGTERM by default, and should listen for them itself if it needs to.
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.signals = on;
         self
