@@ -62,12 +62,15 @@ trap cleanup EXIT
 
 say "building the examples"
 cargo build --quiet --features amqp --example amqp_worker --example amqp_publish
+# Where cargo put them (CARGO_TARGET_DIR or a config may move the target directory).
+examples="$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/examples"
 
 say "publishing $MESSAGES messages (and one that is not JSON) to $QUEUES on vhost $VHOST"
-POISON=1 target/debug/examples/amqp_publish
+POISON=1 "$examples/amqp_publish"
 
 say "running the worker (bulk size $BULK_SIZE); SIGTERM once the queues are drained"
-target/debug/examples/amqp_worker &
+"$examples/amqp_worker" &
 worker_pid=$!
 
 drained() {
