@@ -659,7 +659,10 @@ pin_project! {
         S: Service<Vec<M>>,
         S::Error: Into<BoxError>,
     {
-        Direct { #[pin] future: BatchFuture<S, M> },
+        // Boxed: a batch future holds the whole inner stack's future and a timer, and every
+        // message future is moved into its caller's set of in-flight futures; kept inline it
+        // would make each of them (bulk N included) as large as a batch.
+        Direct { future: Pin<Box<BatchFuture<S, M>>> },
         Shared { #[pin] future: Shared<BatchFuture<S, M>> },
     }
 }
@@ -684,7 +687,9 @@ where
 {
     fn direct(future: BatchFuture<S, M>) -> Self {
         ResponseFuture {
-            inner: Inner::Direct { future },
+            inner: Inner::Direct {
+                future: Box::pin(future),
+            },
         }
     }
 
@@ -714,7 +719,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = match self.project().inner.project() {
-            ResponseProj::Direct { future } => futures::ready!(future.poll(cx)),
+            ResponseProj::Direct { future } => futures::ready!(future.as_mut().poll(cx)),
             ResponseProj::Shared { future } => futures::ready!(future.poll(cx)),
         };
         Poll::Ready(result.map_err(|e| Box::new(e) as BoxError))
