@@ -46,16 +46,15 @@ impl fmt::Display for MessageId {
     }
 }
 
-/// A message from a [`MemoryQueue`].
+/// A message from a [`MemoryQueue`]. A clone is one reference-count increment.
 #[derive(Clone)]
 pub struct MemoryMessage {
-    payload: Bytes,
-    settlement: Settlement,
     meta: Arc<Meta>,
 }
 
-#[derive(Debug)]
 struct Meta {
+    payload: Bytes,
+    settlement: Settlement,
     id: MessageId,
     redelivered: bool,
 }
@@ -74,11 +73,11 @@ impl MemoryMessage {
 
 impl Message for MemoryMessage {
     fn payload(&self) -> &Bytes {
-        &self.payload
+        &self.meta.payload
     }
 
     fn settlement(&self) -> &Settlement {
-        &self.settlement
+        &self.meta.settlement
     }
 }
 
@@ -87,8 +86,8 @@ impl fmt::Debug for MemoryMessage {
         f.debug_struct("MemoryMessage")
             .field("id", &self.meta.id)
             .field("redelivered", &self.meta.redelivered)
-            .field("len", &self.payload.len())
-            .field("settlement", &self.settlement)
+            .field("len", &self.meta.payload.len())
+            .field("settlement", &self.meta.settlement)
             .finish()
     }
 }
@@ -180,12 +179,15 @@ impl MemoryQueue {
 
     fn message(&self, id: MessageId, payload: Bytes, redelivered: bool) -> MemoryMessage {
         MemoryMessage {
-            payload,
-            settlement: Settlement::new(MemorySettle {
+            meta: Arc::new(Meta {
+                payload,
+                settlement: Settlement::new(MemorySettle {
+                    id,
+                    queue: Arc::downgrade(&self.shared),
+                }),
                 id,
-                queue: Arc::downgrade(&self.shared),
+                redelivered,
             }),
-            meta: Arc::new(Meta { id, redelivered }),
         }
     }
 
