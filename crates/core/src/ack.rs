@@ -149,14 +149,9 @@ pub struct HandlerPanicked {
 
 impl HandlerPanicked {
     fn from_payload(payload: &(dyn std::any::Any + Send)) -> Self {
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "non-string panic payload".to_owned()
-        };
-        HandlerPanicked { message }
+        HandlerPanicked {
+            message: crate::runtime::panic_message(payload).to_owned(),
+        }
     }
 
     /// The panic message.
@@ -214,7 +209,7 @@ impl SettleGuard {
         let mut counts = [0u64; 4];
         for settlement in &self.settlements {
             match settlement.settle_marked_or(default) {
-                Ok(action) => counts[action_index(action)] += 1,
+                Ok(action) => counts[action.index()] += 1,
                 // Settled already (by hand, in the handler): nothing was lost, nothing to do.
                 Err((_, crate::SettleError::AlreadySettled)) => {}
                 Err((action, error)) => {
@@ -223,27 +218,11 @@ impl SettleGuard {
                 }
             }
         }
-        for (action, n) in ACTIONS.iter().zip(counts) {
+        for (action, n) in Action::ALL.iter().zip(counts) {
             if n > 0 {
                 metrics.settled(*action, n);
             }
         }
-    }
-}
-
-const ACTIONS: [Action; 4] = [
-    Action::Ack,
-    Action::Reject,
-    Action::Requeue,
-    Action::RequeueTail,
-];
-
-fn action_index(action: Action) -> usize {
-    match action {
-        Action::Ack => 0,
-        Action::Reject => 1,
-        Action::Requeue => 2,
-        Action::RequeueTail => 3,
     }
 }
 
@@ -338,28 +317,23 @@ where
             StateProj::Done => return Poll::Pending,
         };
         this.state.set(State::Done);
-        let metrics = this.guard.layer.metrics.clone();
         let elapsed = this.started.elapsed().as_secs_f64();
-        match result {
-            Ok(response) => {
-                metrics.handler_duration(Outcome::Ok, elapsed);
-                let action = this.guard.layer.on_success;
-                this.guard.settle(action);
-                Poll::Ready(Ok(response))
-            }
+        let layer = &this.guard.layer;
+        let (action, outcome) = match &result {
+            Ok(_) => (layer.on_success, Outcome::Ok),
             Err((error, outcome)) => {
-                metrics.handler_duration(outcome, elapsed);
-                let action = this.guard.layer.on_error;
                 tracing::warn!(
-                    route = metrics.route(),
+                    route = layer.metrics.route(),
                     messages = this.guard.settlements.len(),
-                    policy = %action,
+                    policy = %layer.on_error,
                     error = %error,
                     "handler failed"
                 );
-                this.guard.settle(action);
-                Poll::Ready(Err(error))
+                (layer.on_error, *outcome)
             }
-        }
+        };
+        layer.metrics.handler_duration(outcome, elapsed);
+        this.guard.settle(action);
+        Poll::Ready(result.map_err(|(error, _)| error))
     }
 }

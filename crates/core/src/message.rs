@@ -54,6 +54,24 @@ impl Action {
         }
     }
 
+    /// Every action, in [`Action::index`] order.
+    pub(crate) const ALL: [Action; 4] = [
+        Action::Ack,
+        Action::Reject,
+        Action::Requeue,
+        Action::RequeueTail,
+    ];
+
+    /// The action's position in [`Action::ALL`], for per-action tables.
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            Action::Ack => 0,
+            Action::Reject => 1,
+            Action::Requeue => 2,
+            Action::RequeueTail => 3,
+        }
+    }
+
     const fn to_u8(self) -> u8 {
         match self {
             Action::Ack => 1,

@@ -54,7 +54,7 @@ impl RouteMetrics {
     pub fn new(namespace: &str, route: &str) -> Self {
         let route: SharedString = SharedString::from(Arc::<str>::from(route));
         let name = |suffix: &str| format!("{namespace}_{suffix}");
-        let settled = [Action::Ack, Action::Reject, Action::Requeue, Action::RequeueTail].map(
+        let settled = Action::ALL.map(
             |a| metrics::counter!(name("messages_settled_total"), "route" => route.clone(), "action" => a.as_str()),
         );
         let batches = [FlushReason::Size, FlushReason::Interval, FlushReason::Shutdown].map(|r| {
@@ -82,13 +82,7 @@ impl RouteMetrics {
     }
 
     pub(crate) fn settled(&self, action: Action, n: u64) {
-        let i = match action {
-            Action::Ack => 0,
-            Action::Reject => 1,
-            Action::Requeue => 2,
-            Action::RequeueTail => 3,
-        };
-        self.inner.settled[i].increment(n);
+        self.inner.settled[action.index()].increment(n);
     }
 
     pub(crate) fn settle_failed(&self) {
