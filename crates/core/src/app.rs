@@ -70,7 +70,9 @@ use crate::ack::AckLayer;
 use crate::bulk::BulkLayer;
 use crate::metrics::RouteMetrics;
 use crate::retry::{RetryConfig, RetryLayer};
-use crate::runtime::{DEFAULT_GRACE_PERIOD, DEFAULT_MAX_IN_FLIGHT, Worker, WorkerReport};
+use crate::runtime::{
+    DEFAULT_GRACE_PERIOD, DEFAULT_MAX_IN_FLIGHT, Worker, WorkerReport, effective_in_flight,
+};
 use crate::settings::Settings;
 use crate::ticks::{Tick, Ticks};
 use crate::{Action, BoxError, Error, Message, Readiness, Shutdown, Source, SourceContext};
@@ -169,12 +171,9 @@ impl RouteOptions {
 
     /// The in-flight limit for a source whose own limit is `source_limit`.
     fn in_flight(&self, source_limit: Option<usize>) -> usize {
-        let default = || DEFAULT_MAX_IN_FLIGHT.max(self.bulk_size.saturating_mul(2));
         match (self.max_in_flight, source_limit) {
-            (Some(n), Some(s)) => n.min(s),
-            (Some(n), None) => n,
-            (None, Some(s)) => s,
-            (None, None) => default(),
+            (None, None) => DEFAULT_MAX_IN_FLIGHT.max(self.bulk_size.saturating_mul(2)),
+            (configured, source) => effective_in_flight(configured, source),
         }
     }
 
@@ -579,7 +578,7 @@ impl App {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        let in_flight = source.max_in_flight().unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        let in_flight = effective_in_flight(None, source.max_in_flight());
         self.add(name.into(), source, in_flight, Ok(()), make)
     }
 

@@ -332,7 +332,9 @@ where
     }
 }
 
-fn effective_in_flight(configured: Option<usize>, source: Option<usize>) -> usize {
+/// The in-flight limit from a configured value and the source's own: the lower of the two,
+/// either alone, else [`DEFAULT_MAX_IN_FLIGHT`]; at least 1.
+pub(crate) fn effective_in_flight(configured: Option<usize>, source: Option<usize>) -> usize {
     match (configured, source) {
         (Some(c), Some(s)) => c.min(s),
         (Some(c), None) => c,
