@@ -5,13 +5,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use asyncworker_core::{Error, Settings};
+use asyncworker_core::{Backoff, Error, Jitter, Settings};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{LongString, ShortString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Connection, ConnectionProperties};
 
-use crate::backoff::Backoff;
 use crate::error::{AmqpError, Endpoint};
 
 /// The default prefetch (`basic.qos` prefetch count) per consumer.
@@ -64,6 +63,7 @@ struct Inner {
     frame_max: Option<u32>,
     channel_max: Option<u16>,
     reconnect: Backoff,
+    reconnect_attempts: Option<u32>,
 }
 
 /// How to reach a RabbitMQ broker: host, port, credentials, default virtual host, prefetch,
@@ -175,6 +175,12 @@ impl AmqpConfig {
     /// The reconnect policy.
     pub fn reconnect(&self) -> &Backoff {
         &self.inner.reconnect
+    }
+
+    /// How many failed connection attempts in a row a source makes before it gives up
+    /// ([`AmqpError::GaveUp`](crate::AmqpError::GaveUp)); `None`: it never gives up.
+    pub fn max_reconnect_attempts(&self) -> Option<u32> {
+        self.inner.reconnect_attempts
     }
 
     /// The endpoint for `vhost`, as errors and logs name it.
@@ -336,6 +342,7 @@ pub struct AmqpConfigBuilder {
     frame_max: Option<u32>,
     channel_max: Option<u16>,
     reconnect: Backoff,
+    reconnect_attempts: Option<u32>,
     /// The plain-AMQP port used when none is given (`ASYNCWORKER_AMQP_DEFAULT_PORT`).
     default_port: u16,
     error: Option<String>,
@@ -386,7 +393,8 @@ impl AmqpConfigBuilder {
             connection_name: None,
             frame_max: None,
             channel_max: None,
-            reconnect: Backoff::default(),
+            reconnect: default_reconnect(),
+            reconnect_attempts: None,
             default_port: 5672,
             error: None,
         }
@@ -566,9 +574,18 @@ impl AmqpConfigBuilder {
         self
     }
 
-    /// The reconnect policy (see [`Backoff`]).
+    /// The delays between connection attempts (default: 500 ms, doubling, capped at 30 s,
+    /// [`Jitter::Proportional(0.5)`](Jitter::Proportional)): see [`Backoff`].
     pub fn reconnect(mut self, backoff: Backoff) -> Self {
         self.reconnect = backoff;
+        self
+    }
+
+    /// Give up after `attempts` failed connection attempts in a row (at least 1): the source
+    /// then yields [`AmqpError::GaveUp`](crate::AmqpError::GaveUp) and ends its stream, which
+    /// ends the route. By default a source retries forever.
+    pub fn max_reconnect_attempts(mut self, attempts: u32) -> Self {
+        self.reconnect_attempts = Some(attempts);
         self
     }
 
@@ -685,7 +702,11 @@ impl AmqpConfigBuilder {
         {
             return Err(Error::config("the connection name must not be empty"));
         }
-        self.reconnect.validate()?;
+        if self.reconnect_attempts == Some(0) {
+            return Err(Error::config(
+                "max_reconnect_attempts must be at least 1 (leave it unset to retry forever)",
+            ));
+        }
         let tls = if self.tls {
             if let Some(ca) = &self.ca_pem
                 && !ca.contains("-----BEGIN CERTIFICATE-----")
@@ -734,6 +755,7 @@ impl AmqpConfigBuilder {
                 frame_max: self.frame_max,
                 channel_max: self.channel_max,
                 reconnect: self.reconnect,
+                reconnect_attempts: self.reconnect_attempts,
             }),
         })
     }
@@ -899,6 +921,17 @@ impl Connections {
     }
 }
 
+/// The default reconnect schedule: 500 ms, doubling, capped at 30 s, half jitter — a worker
+/// comes back by itself after any broker outage, without many workers reconnecting in step.
+fn default_reconnect() -> Backoff {
+    Backoff::builder()
+        .initial_delay(Duration::from_millis(500))
+        .max_delay(Duration::from_secs(30))
+        .jitter(Jitter::Proportional(0.5))
+        .build()
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1027,10 +1060,8 @@ mod tests {
             .contains("/nonexistent/ca.pem")
         );
         assert!(
-            err(AmqpConfig::builder()
-                .reconnect(Backoff::default().jitter(2.0))
-                .build())
-            .contains("jitter")
+            err(AmqpConfig::builder().max_reconnect_attempts(0).build())
+                .contains("max_reconnect_attempts")
         );
     }
 

@@ -17,10 +17,10 @@ use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::error::{AmqpError, Endpoint};
 use crate::message::{AmqpMessage, Delivery, QueueMeta, REQUEUE_COUNT_HEADER};
 use crate::settle::{AmqpSettle, ChannelLife, Cmd, Outstanding, count_failure};
+use asyncworker_core::Backoff;
 
 /// How long a consumer cancellation may take at shutdown.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +41,8 @@ pub(crate) struct RouteShared {
     pub(crate) endpoint: Endpoint,
     pub(crate) prefetch: u16,
     pub(crate) backoff: Backoff,
+    /// Failed connection attempts in a row before giving up (`None`: never).
+    pub(crate) max_attempts: Option<u32>,
     pub(crate) requeue_tail_cap: Option<u64>,
     /// Graceful stop: the runtime's shutdown, or the stream being dropped.
     pub(crate) stop: CancellationToken,

@@ -5,7 +5,7 @@
 //!   validated at build time; the password never shows in `Debug`, `Display` or logs.
 //!   [`Connections`] holds several, by name.
 //! - [`AmqpSource`]: a route's queues on a vhost, one channel per queue with
-//!   `basic.qos(prefetch)`; reconnects with a [`Backoff`]; cancels its consumers on shutdown
+//!   `basic.qos(prefetch)`; reconnects with core's [`Backoff`](asyncworker_core::Backoff); cancels its consumers on shutdown
 //!   and keeps channels open until every handed-out message is settled.
 //! - [`AmqpMessage`]: body, typed JSON ([`AmqpMessage::decode_json`] rejects poison messages
 //!   instead of requeueing them forever), headers, properties, routing key, exchange,
@@ -72,7 +72,6 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod backoff;
 mod config;
 mod consumer;
 mod error;
@@ -81,7 +80,6 @@ pub mod publish;
 mod settle;
 mod source;
 
-pub use backoff::Backoff;
 pub use config::{
     AmqpConfig, AmqpConfigBuilder, Connections, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_HEARTBEAT,
     DEFAULT_PREFETCH,

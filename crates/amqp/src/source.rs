@@ -92,7 +92,7 @@ type Callback = Arc<dyn Fn(&AmqpError, u32) + Send + Sync>;
 /// # }
 /// ```
 ///
-/// [`Backoff`]: crate::Backoff
+/// [`Backoff`]: asyncworker_core::Backoff
 /// [`on_connection_error`]: AmqpSourceBuilder::on_connection_error
 /// [`SettleError::ChannelClosed`]: asyncworker_core::SettleError::ChannelClosed
 pub struct AmqpSource {
@@ -280,6 +280,7 @@ impl Source for AmqpSource {
             endpoint: self.config.endpoint(&self.vhost),
             prefetch: self.config.prefetch(),
             backoff: *self.config.reconnect(),
+            max_attempts: self.config.max_reconnect_attempts(),
             requeue_tail_cap: self.requeue_tail_cap,
             stop: stop.clone(),
             readiness: cx.readiness().clone(),
@@ -461,7 +462,7 @@ impl Supervisor {
                         callback(&error, attempt);
                     }
                     let next = attempt.saturating_add(1);
-                    if !self.shared.backoff.allows(next) {
+                    if self.shared.max_attempts.is_some_and(|max| next > max) {
                         tracing::error!(
                             route = %self.shared.route,
                             host = %endpoint.host(),

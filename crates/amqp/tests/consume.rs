@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use asyncworker_amqp::lapin::types::{AMQPValue, FieldTable};
 use asyncworker_amqp::lapin::{BasicProperties, Connection};
-use asyncworker_amqp::{AmqpConfig, AmqpError, AmqpSource, AmqpStream, Backoff, Connections};
+use asyncworker_amqp::{AmqpConfig, AmqpError, AmqpSource, AmqpStream, Connections};
 use asyncworker_core::{Action, Message, Readiness, SettleError, Shutdown, Source, SourceContext};
+use asyncworker_core::{Backoff, Jitter};
 use consuming::*;
 use futures::StreamExt;
 use support::*;
@@ -302,12 +303,14 @@ async fn wrong_password_gives_a_clear_error_and_bounded_retries_with_backoff() {
         .url(&amqp_url())
         .password(secret)
         .reconnect(
-            Backoff::default()
+            Backoff::builder()
                 .initial_delay(Duration::from_millis(200))
                 .max_delay(Duration::from_secs(1))
-                .jitter(0.0)
-                .max_attempts(3),
+                .jitter(Jitter::None)
+                .build()
+                .unwrap(),
         )
+        .max_reconnect_attempts(3)
         .build()
         .unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -895,9 +898,11 @@ async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() 
         .heartbeat(Duration::from_secs(1))
         .connection_timeout(Duration::from_secs(1))
         .reconnect(
-            Backoff::default()
+            Backoff::builder()
                 .initial_delay(Duration::from_millis(100))
-                .max_delay(Duration::from_millis(400)),
+                .max_delay(Duration::from_millis(400))
+                .build()
+                .unwrap(),
         )
         .build()
         .unwrap();
@@ -980,10 +985,7 @@ async fn the_prefetch_is_applied_again_after_a_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_vhost_is_a_clear_error() {
     let vhost = unique_name("no-such-vhost");
-    let config = config()
-        .reconnect(Backoff::default().max_attempts(1))
-        .build()
-        .unwrap();
+    let config = config().max_reconnect_attempts(1).build().unwrap();
     let src = AmqpSource::builder(config, ["q"])
         .vhost(vhost.as_str())
         .build()

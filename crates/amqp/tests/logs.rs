@@ -8,7 +8,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use asyncworker_amqp::{AmqpConfig, AmqpSource, Backoff};
+use asyncworker_amqp::{AmqpConfig, AmqpSource};
+use asyncworker_core::Backoff;
 use asyncworker_core::{Action, Message, Shutdown, Source, SourceContext};
 use futures::StreamExt;
 
@@ -42,10 +43,12 @@ async fn passwords_never_reach_the_logs() {
         .url(&support::amqp_url())
         .password(wrong)
         .reconnect(
-            Backoff::default()
+            Backoff::builder()
                 .initial_delay(Duration::from_millis(50))
-                .max_attempts(2),
+                .build()
+                .unwrap(),
         )
+        .max_reconnect_attempts(2)
         .build()
         .unwrap();
     let shutdown = Shutdown::new();

@@ -7,6 +7,7 @@
 
 pub mod ack;
 pub mod app;
+mod backoff;
 pub mod builder;
 pub mod bulk;
 pub mod memory;
@@ -20,6 +21,7 @@ pub mod source;
 pub mod ticks;
 
 pub use app::{App, RouteOptions, ShutdownHandle};
+pub use backoff::{Backoff, BackoffBuilder, Jitter};
 pub use builder::ServiceBuilderExt;
 pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};
 pub use retry::{Retry, RetryConfig, RetryLayer};

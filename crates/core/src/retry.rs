@@ -38,7 +38,8 @@
 //! ```
 //! use std::time::Duration;
 //!
-//! use asyncworker_core::retry::{Jitter, RetryConfig, RetryLayer};
+//! use asyncworker_core::Jitter;
+//! use asyncworker_core::retry::{RetryConfig, RetryLayer};
 //! use asyncworker_core::{BoxError, Shutdown};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
@@ -86,74 +87,25 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower::Service;
 use tower_layer::Layer;
 
-use crate::{Error, Shutdown};
+use crate::{Backoff, BackoffBuilder, Error, Jitter, Shutdown};
 
-/// How the delay between attempts is randomised, so that many workers failing together do
-/// not retry in lockstep.
+/// The validated settings of a [`Retry`]: how many attempts, and the [`Backoff`] between them.
 ///
-/// Jitter only ever shortens a delay: the exponential schedule, capped at
-/// [`RetryConfig::max_delay`], is the upper bound of every delay.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[non_exhaustive]
-pub enum Jitter {
-    /// No randomness: each delay is exactly the capped exponential schedule.
-    None,
-    /// "Full jitter": each delay is drawn uniformly from `[0, d]`, where `d` is the scheduled
-    /// delay. Spreads retries the most; a delay may be close to zero.
-    Full,
-    /// Each delay is drawn uniformly from `[d × (1 − ratio), d]`, with `ratio` in `0.0..=1.0`.
-    /// `Proportional(0.5)` is "equal jitter"; `Proportional(0.0)` is [`Jitter::None`] and
-    /// `Proportional(1.0)` is [`Jitter::Full`].
-    Proportional(f64),
-}
-
-impl Jitter {
-    /// Apply this jitter to the scheduled delay `delay`.
-    fn apply(self, delay: Duration) -> Duration {
-        // Work in whole nanoseconds (saturating at ~584 years) so that no float conversion can
-        // panic; jitter never lengthens a delay.
-        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
-        let jittered = match self {
-            Jitter::None => return delay,
-            Jitter::Full => fastrand::u64(..=nanos),
-            Jitter::Proportional(ratio) => {
-                let factor = 1.0 - ratio * fastrand::f64();
-                // `as` saturates; `factor` is within [0, 1] for a validated ratio.
-                ((nanos as f64) * factor) as u64
-            }
-        };
-        Duration::from_nanos(jittered.min(nanos))
-    }
-}
-
-/// The validated settings of a [`Retry`]: how many attempts, and the backoff between them.
-///
-/// Build one with [`RetryConfig::builder`]; [`RetryConfig::default`] gives the defaults listed
-/// on the `DEFAULT_*` constants: 3 attempts, 100 ms initial delay, ×2 per retry, capped at
-/// 10 s, with [`Jitter::Proportional(0.5)`](Jitter::Proportional).
+/// Build one with [`RetryConfig::builder`]; [`RetryConfig::default`] gives 3 attempts and
+/// [`Backoff::default`]: 100 ms initial delay, ×2 per retry, capped at 10 s, with
+/// [`Jitter::Proportional(0.5)`](Jitter::Proportional).
 ///
 /// The delay before retry `n` (`n = 1` before the second attempt) is
-/// `min(initial_delay × multiplier^(n − 1), max_delay)`, then shortened by the [`Jitter`].
+/// [`Backoff::delay(n)`](Backoff::delay).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryConfig {
     max_attempts: u32,
-    initial_delay: Duration,
-    multiplier: f64,
-    max_delay: Duration,
-    jitter: Jitter,
+    backoff: Backoff,
 }
 
 impl RetryConfig {
     /// Default total number of attempts, the first one included: 3.
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-    /// Default delay before the first retry: 100 ms.
-    pub const DEFAULT_INITIAL_DELAY: Duration = Duration::from_millis(100);
-    /// Default growth factor of the delay from one retry to the next: 2.
-    pub const DEFAULT_MULTIPLIER: f64 = 2.0;
-    /// Default cap on any single delay: 10 s.
-    pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(10);
-    /// Default jitter: each delay drawn from `[d / 2, d]`.
-    pub const DEFAULT_JITTER: Jitter = Jitter::Proportional(0.5);
 
     /// A builder starting from the defaults.
     pub fn builder() -> RetryConfigBuilder {
@@ -165,45 +117,9 @@ impl RetryConfig {
         self.max_attempts
     }
 
-    /// Delay before the first retry, before jitter.
-    pub fn initial_delay(&self) -> Duration {
-        self.initial_delay
-    }
-
-    /// Growth factor of the delay from one retry to the next (at least 1).
-    pub fn multiplier(&self) -> f64 {
-        self.multiplier
-    }
-
-    /// Cap on any single delay.
-    pub fn max_delay(&self) -> Duration {
-        self.max_delay
-    }
-
-    /// How delays are randomised.
-    pub fn jitter(&self) -> Jitter {
-        self.jitter
-    }
-
-    /// The scheduled delay before retry `retry` (1 before the second attempt), without jitter:
-    /// `min(initial_delay × multiplier^(retry − 1), max_delay)`.
-    pub fn scheduled_delay(&self, retry: u32) -> Duration {
-        if self.initial_delay.is_zero() {
-            return Duration::ZERO;
-        }
-        let exponent = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
-        // `multiplier` is finite and ≥ 1, so this is ≥ initial and at worst +∞: never NaN.
-        let nanos = self.initial_delay.as_nanos() as f64 * self.multiplier.powi(exponent);
-        if nanos >= self.max_delay.as_nanos() as f64 {
-            return self.max_delay;
-        }
-        // Round to whole nanoseconds (100 ms × 2 is exactly 200 ms); `as` saturates.
-        Duration::from_nanos(nanos.round() as u64).min(self.max_delay)
-    }
-
-    /// The delay before retry `retry`, jitter applied.
-    fn delay(&self, retry: u32) -> Duration {
-        self.jitter.apply(self.scheduled_delay(retry))
+    /// The delays between attempts.
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
     }
 }
 
@@ -211,51 +127,56 @@ impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
-            initial_delay: Self::DEFAULT_INITIAL_DELAY,
-            multiplier: Self::DEFAULT_MULTIPLIER,
-            max_delay: Self::DEFAULT_MAX_DELAY,
-            jitter: Self::DEFAULT_JITTER,
+            backoff: Backoff::default(),
         }
     }
 }
 
 /// Builds a [`RetryConfig`], checking its parameters in [`build`](Self::build).
 ///
-/// Every setter starts from the defaults of [`RetryConfig`].
+/// Every setter starts from the defaults of [`RetryConfig`]; the delay setters are those of
+/// [`BackoffBuilder`], with its rules.
 #[derive(Debug, Clone, Default)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct RetryConfigBuilder {
-    config: RetryConfig,
+    max_attempts: Option<u32>,
+    backoff: BackoffBuilder,
 }
 
 impl RetryConfigBuilder {
     /// Total number of attempts, the first one included. `1` disables retrying.
     pub fn max_attempts(mut self, max_attempts: u32) -> Self {
-        self.config.max_attempts = max_attempts;
+        self.max_attempts = Some(max_attempts);
+        self
+    }
+
+    /// Take every delay setting from `backoff`.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff.to_builder();
         self
     }
 
     /// Delay before the first retry, before jitter. May be zero (retry at once).
     pub fn initial_delay(mut self, delay: Duration) -> Self {
-        self.config.initial_delay = delay;
+        self.backoff = self.backoff.initial_delay(delay);
         self
     }
 
     /// Growth factor of the delay from one retry to the next; `1.0` keeps it constant.
     pub fn multiplier(mut self, multiplier: f64) -> Self {
-        self.config.multiplier = multiplier;
+        self.backoff = self.backoff.multiplier(multiplier);
         self
     }
 
     /// Cap on any single delay.
     pub fn max_delay(mut self, delay: Duration) -> Self {
-        self.config.max_delay = delay;
+        self.backoff = self.backoff.max_delay(delay);
         self
     }
 
     /// How delays are randomised.
     pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.config.jitter = jitter;
+        self.backoff = self.backoff.jitter(jitter);
         self
     }
 
@@ -263,42 +184,21 @@ impl RetryConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `max_attempts` is 0, the multiplier is not a finite number of
-    /// at least 1.0, the initial delay exceeds the max delay, or a
-    /// [`Jitter::Proportional`] ratio is not within `0.0..=1.0`.
+    /// [`Error::Config`] when `max_attempts` is 0, or the backoff is invalid (see
+    /// [`BackoffBuilder::build`]).
     pub fn build(self) -> Result<RetryConfig, Error> {
-        let c = self.config;
-        if c.max_attempts == 0 {
+        let max_attempts = self
+            .max_attempts
+            .unwrap_or(RetryConfig::DEFAULT_MAX_ATTEMPTS);
+        if max_attempts == 0 {
             return Err(Error::config(
                 "retry max_attempts must be at least 1 (the first attempt counts), got 0",
             ));
         }
-        if !c.multiplier.is_finite() {
-            return Err(Error::config(format!(
-                "retry multiplier must be a finite number, got {}",
-                c.multiplier
-            )));
-        }
-        if c.multiplier < 1.0 {
-            return Err(Error::config(format!(
-                "retry multiplier must be at least 1.0 (delays may not shrink), got {}",
-                c.multiplier
-            )));
-        }
-        if c.initial_delay > c.max_delay {
-            return Err(Error::config(format!(
-                "retry initial_delay ({:?}) must not exceed max_delay ({:?})",
-                c.initial_delay, c.max_delay
-            )));
-        }
-        if let Jitter::Proportional(ratio) = c.jitter
-            && !(0.0..=1.0).contains(&ratio)
-        {
-            return Err(Error::config(format!(
-                "retry jitter ratio must be between 0.0 and 1.0, got {ratio}"
-            )));
-        }
-        Ok(c)
+        Ok(RetryConfig {
+            max_attempts,
+            backoff: self.backoff.build()?,
+        })
     }
 }
 
@@ -637,7 +537,7 @@ pub mod future {
                                 this.stop.set(Some(shutdown.triggered()));
                             }
                         }
-                        let delay = this.config.delay(attempt);
+                        let delay = this.config.backoff.delay(attempt);
                         tracing::warn!(
                             attempt,
                             max_attempts,
@@ -719,90 +619,21 @@ pub mod future {
 mod tests {
     use super::*;
 
-    fn config(initial_ms: u64, multiplier: f64, max_ms: u64, jitter: Jitter) -> RetryConfig {
-        RetryConfig::builder()
-            .max_attempts(10)
-            .initial_delay(Duration::from_millis(initial_ms))
-            .multiplier(multiplier)
-            .max_delay(Duration::from_millis(max_ms))
-            .jitter(jitter)
-            .build()
-            .unwrap()
-    }
-
-    #[test]
-    fn scheduled_delay_grows_exponentially_up_to_the_cap() {
-        let c = config(100, 2.0, 1000, Jitter::None);
-        let delays: Vec<u64> = (1..=6)
-            .map(|n| c.scheduled_delay(n).as_millis() as u64)
-            .collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
-    }
-
-    #[test]
-    fn scheduled_delay_is_exact_for_fractional_multipliers() {
-        let c = config(100, 1.5, 10_000, Jitter::None);
-        assert_eq!(c.scheduled_delay(1), Duration::from_millis(100));
-        assert_eq!(c.scheduled_delay(2), Duration::from_millis(150));
-        assert_eq!(c.scheduled_delay(3), Duration::from_millis(225));
-    }
-
-    #[test]
-    fn scheduled_delay_saturates_at_the_cap_for_huge_retry_numbers() {
-        let c = config(100, 10.0, 5_000, Jitter::None);
-        assert_eq!(c.scheduled_delay(u32::MAX), Duration::from_secs(5));
-        let max = RetryConfig::builder()
-            .max_delay(Duration::MAX)
-            .build()
-            .unwrap();
-        assert_eq!(max.scheduled_delay(u32::MAX), Duration::MAX);
-        assert!(max.delay(u32::MAX) <= Duration::MAX);
-    }
-
-    #[test]
-    fn zero_initial_delay_never_waits() {
-        let c = config(0, 3.0, 1000, Jitter::Full);
-        assert_eq!(c.scheduled_delay(1), Duration::ZERO);
-        assert_eq!(c.scheduled_delay(u32::MAX), Duration::ZERO);
-        assert_eq!(c.delay(7), Duration::ZERO);
-    }
-
-    #[test]
-    fn jitter_only_shortens_within_its_bounds() {
-        let scheduled = Duration::from_millis(400);
-        for _ in 0..1000 {
-            assert_eq!(Jitter::None.apply(scheduled), scheduled);
-            assert!(Jitter::Full.apply(scheduled) <= scheduled);
-            let d = Jitter::Proportional(0.25).apply(scheduled);
-            assert!(
-                d >= Duration::from_millis(300) && d <= scheduled,
-                "{d:?} outside [300ms, 400ms]"
-            );
-        }
-    }
-
-    #[test]
-    fn full_jitter_spreads_delays() {
-        let scheduled = Duration::from_secs(1);
-        let distinct: std::collections::HashSet<Duration> =
-            (0..100).map(|_| Jitter::Full.apply(scheduled)).collect();
-        assert!(
-            distinct.len() > 50,
-            "only {} distinct delays",
-            distinct.len()
-        );
-        assert!(distinct.iter().any(|d| *d < Duration::from_millis(500)));
-    }
-
     #[test]
     fn defaults_are_three_attempts_100ms_doubling_capped_at_10s() {
         let c = RetryConfig::default();
         assert_eq!(c.max_attempts(), 3);
-        assert_eq!(c.initial_delay(), Duration::from_millis(100));
-        assert_eq!(c.multiplier(), 2.0);
-        assert_eq!(c.max_delay(), Duration::from_secs(10));
-        assert_eq!(c.jitter(), Jitter::Proportional(0.5));
+        assert_eq!(c.backoff().initial_delay(), Duration::from_millis(100));
+        assert_eq!(c.backoff().multiplier(), 2.0);
+        assert_eq!(c.backoff().max_delay(), Duration::from_secs(10));
+        assert_eq!(c.backoff().jitter(), Jitter::Proportional(0.5));
         assert_eq!(RetryConfig::builder().build().unwrap(), c);
         assert_eq!(*RetryLayer::default().config(), c);
+    }
+
+    #[test]
+    fn invalid_backoff_values_are_retry_config_errors() {
+        let err = RetryConfig::builder().multiplier(0.5).build().unwrap_err();
+        assert!(err.to_string().contains("multiplier must be at least 1.0"));
     }
 }

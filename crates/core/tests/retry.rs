@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use asyncworker_core::retry::{Jitter, RetryConfig, RetryLayer, future::ResponseFuture};
+use asyncworker_core::Jitter;
+use asyncworker_core::retry::{RetryConfig, RetryLayer, future::ResponseFuture};
 use asyncworker_core::{Error, Retry, Shutdown};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -585,7 +586,7 @@ fn edge_values_are_accepted() {
         .build()
         .unwrap();
     assert_eq!(config.max_attempts(), 1);
-    assert_eq!(config.scheduled_delay(3), Duration::ZERO);
+    assert_eq!(config.backoff().scheduled_delay(3), Duration::ZERO);
 }
 
 #[test]

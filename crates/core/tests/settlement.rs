@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
+use asyncworker_core::Jitter;
 use asyncworker_core::ack::AckLayer;
 use asyncworker_core::bulk::BulkLayer;
 use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
-use asyncworker_core::retry::{Jitter, RetryConfig, RetryLayer};
+use asyncworker_core::retry::{RetryConfig, RetryLayer};
 use asyncworker_core::runtime::Worker;
 use asyncworker_core::{Action, BoxError, Message, ServiceBuilderExt};
 use tower::{ServiceBuilder, service_fn};

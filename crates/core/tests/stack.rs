@@ -5,10 +5,11 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use asyncworker_core::Jitter;
 use asyncworker_core::ack::{self, Ack, AckLayer};
 use asyncworker_core::bulk::{self, Bulk, BulkLayer};
 use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MemorySource};
-use asyncworker_core::retry::{Jitter, RetryConfig, RetryLayer};
+use asyncworker_core::retry::{RetryConfig, RetryLayer};
 use asyncworker_core::runtime::Worker;
 use asyncworker_core::{
     Action, BoxError, Error, Message, Retry, ServiceBuilderExt, Settlement, Shutdown,

@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use asyncworker_amqp::{
-    AmqpConfig, AmqpConfigBuilder, AmqpError, AmqpMessage, AmqpStream, Backoff,
-};
+use asyncworker_amqp::{AmqpConfig, AmqpConfigBuilder, AmqpError, AmqpMessage, AmqpStream};
 use futures::StreamExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
@@ -18,9 +16,11 @@ use crate::support;
 /// A configuration builder on the test broker with fast reconnects.
 pub fn config() -> AmqpConfigBuilder {
     AmqpConfig::builder().url(&support::amqp_url()).reconnect(
-        Backoff::default()
+        asyncworker_core::Backoff::builder()
             .initial_delay(Duration::from_millis(100))
-            .max_delay(Duration::from_millis(500)),
+            .max_delay(Duration::from_millis(500))
+            .build()
+            .unwrap(),
     )
 }
 
