@@ -20,12 +20,12 @@ pub mod shutdown;
 pub mod source;
 pub mod ticks;
 
-pub use app::{App, RouteOptions, ShutdownHandle};
+pub use app::{App, Route, RouteOptions};
 pub use backoff::{Backoff, BackoffBuilder, Jitter};
 pub use builder::ServiceBuilderExt;
 pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};
 pub use retry::{Retry, RetryConfig, RetryLayer};
-pub use settings::{Settings, init_logging};
+pub use settings::Settings;
 pub use shutdown::Shutdown;
 pub use source::{Readiness, Source, SourceContext};
 
@@ -40,16 +40,17 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A route failed to start.
-    #[error("route {route:?}: {cause}")]
+    #[error("route {route:?} failed")]
     Route {
         /// The route's name.
         route: String,
-        /// What went wrong.
+        /// What went wrong (the error's `source()`).
+        #[source]
         cause: BoxError,
     },
-    /// A startup hook failed.
-    #[error("startup hook failed: {0}")]
-    Startup(BoxError),
+    /// A startup hook failed; the hook's error is the `source()`.
+    #[error("startup hook failed")]
+    Startup(#[source] BoxError),
     /// A second signal forced the shutdown before in-flight work finished.
     #[error("shutdown forced by a second signal; unfinished messages were requeued")]
     Forced,

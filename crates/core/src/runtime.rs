@@ -28,7 +28,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tower::Service;
 
 use crate::metrics::RouteMetrics;
-use crate::{BoxError, Shutdown, Source, SourceContext};
+use crate::{BoxError, Error, Shutdown, Source, SourceContext};
 
 /// The default grace period for in-flight work at shutdown: 30 seconds.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -56,7 +56,7 @@ pub struct WorkerReport {
 /// Drives one source through one service stack. See the [module docs](self).
 #[must_use = "a worker does nothing until `run` is awaited"]
 pub struct Worker<Src, Svc> {
-    route: String,
+    name: String,
     source: Src,
     service: Svc,
     max_in_flight: Option<usize>,
@@ -69,7 +69,7 @@ pub struct Worker<Src, Svc> {
 impl<Src, Svc> fmt::Debug for Worker<Src, Svc> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Worker")
-            .field("route", &self.route)
+            .field("name", &self.name)
             .field("max_in_flight", &self.max_in_flight)
             .field("grace", &self.grace)
             .finish_non_exhaustive()
@@ -86,7 +86,7 @@ where
     /// [`Bulk`](crate::bulk::Bulk) stack).
     pub fn new(source: Src, service: Svc) -> Self {
         Worker {
-            route: "default".to_owned(),
+            name: "default".to_owned(),
             source,
             service,
             max_in_flight: None,
@@ -98,17 +98,18 @@ where
     }
 
     /// The route name used in logs and metrics (default `default`).
-    pub fn route(mut self, name: impl Into<String>) -> Self {
-        self.route = name.into();
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
     /// Hold at most `n` unfinished message futures. Defaults to the source's own limit
     /// ([`Source::max_in_flight`], the AMQP prefetch), else [`DEFAULT_MAX_IN_FLIGHT`]; a value
     /// above the source's limit is lowered to it. A `Bulk` layer in the stack must be clamped
-    /// to the same number (the [`App`](crate::app::App) does this).
+    /// to the same number (the [`App`](crate::app::App) does this). 0 is an error, which
+    /// [`Worker::run`] returns before it starts the source; leave it unset for the default.
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = Some(n.max(1));
+        self.max_in_flight = Some(n);
         self
     }
 
@@ -121,7 +122,7 @@ where
     ///
     /// The worker also fires it when the source ends, so that partial batches flush at once:
     /// give each worker its own signal, derived with [`Shutdown::child`] from a shared one.
-    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
         self.shutdown = shutdown;
         self
     }
@@ -150,11 +151,15 @@ where
     ///
     /// # Errors
     ///
+    /// An [`Error::Config`] when [`Worker::max_in_flight`] is 0, before the source starts.
     /// When the service fails in `poll_ready` (it can no longer take work); in-flight work is
     /// still waited for first.
     pub async fn run(self) -> Result<WorkerReport, BoxError> {
+        if self.max_in_flight == Some(0) {
+            return Err(Box::new(Error::config("max in flight must be at least 1")));
+        }
         let Worker {
-            route,
+            name: route,
             source,
             mut service,
             max_in_flight,
@@ -304,20 +309,15 @@ where
         // settlements to send and connections to close. Wait for that, within the grace period
         // (none is left when it already ran out), so returning does not cut it off.
         drop(stream);
-        let tasks = background.take();
-        if !tasks.is_empty() {
-            let waited = async {
-                for task in tasks {
-                    let _ = task.await;
-                }
-            };
+        background.close();
+        if !background.is_empty() {
             let bound = match deadline {
                 Some(timer) if report.abandoned == 0 => timer,
                 Some(_) => Box::pin(tokio::time::sleep(Duration::ZERO)),
                 None => Box::pin(tokio::time::sleep(grace)),
             };
             tokio::select! {
-                () = waited => {}
+                () = background.wait() => {}
                 () = bound => tracing::warn!(route = %route, "the source's background work did not finish within the grace period"),
             }
         }

@@ -2,14 +2,12 @@
 //!
 //! | variable | default | effect |
 //! |---|---|---|
-//! | `ASYNCWORKER_LOGLEVEL` | `info` | level of [`init_logging`]: `trace`, `debug`, `info`, `warn`/`warning`, `error`/`critical` (any case) |
-//! | `ASYNCWORKER_AMQP_DEFAULT_VHOST` | `/` | vhost of AMQP connections that name none |
-//! | `ASYNCWORKER_AMQP_DEFAULT_PORT` | `5672` | port of AMQP connections that name none |
-//! | `ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT` | `128` | prefetch of AMQP connections that set none |
-//! | `ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT` | `60` | heartbeat (seconds) of AMQP connections that set none — really sent to the broker |
+//! | `ASYNCWORKER_LOGLEVEL` | `info` | the log level (the facade's `init_logging` installs it): `trace`, `debug`, `info`, `warn`/`warning`, `error`/`critical` (any case) |
 //! | `ASYNCWORKER_FLUSH_TIMEOUT` | `60` | flush interval (seconds, fractions allowed) of routes that set none |
 //! | `ASYNCWORKER_METRICS_NAMESPACE` | `asyncworker` | metric-name prefix |
 //! | `ASYNCWORKER_METRICS_APPPREFIX` | unset | appended to the prefix: `{namespace}_{appprefix}_...` |
+//!
+//! The AMQP connection defaults (`ASYNCWORKER_AMQP_DEFAULT_*`) are read by the AMQP backend.
 //!
 //! Precedence: a value set in code wins over the environment, which wins over the default.
 //! Every variable is read once, by [`Settings::from_env`] (which [`App::new`](crate::app::App::new)
@@ -26,18 +24,10 @@ use crate::Error;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Settings {
-    /// The log level for [`init_logging`].
+    /// The log level (`ASYNCWORKER_LOGLEVEL`).
     pub log_level: tracing::Level,
-    /// Default AMQP vhost.
-    pub amqp_default_vhost: String,
-    /// Default AMQP port.
-    pub amqp_default_port: u16,
-    /// Default AMQP prefetch count.
-    pub amqp_default_prefetch: u16,
-    /// Default AMQP heartbeat, in seconds.
-    pub amqp_default_heartbeat: u16,
-    /// Default flush interval of routes.
-    pub flush_timeout: Duration,
+    /// Default flush interval of routes (`ASYNCWORKER_FLUSH_TIMEOUT`).
+    pub flush_interval: Duration,
     /// Metric-name namespace.
     pub metrics_namespace: String,
     /// Optional application prefix after the namespace.
@@ -48,11 +38,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             log_level: tracing::Level::INFO,
-            amqp_default_vhost: "/".to_owned(),
-            amqp_default_port: 5672,
-            amqp_default_prefetch: 128,
-            amqp_default_heartbeat: 60,
-            flush_timeout: crate::bulk::DEFAULT_FLUSH_INTERVAL,
+            flush_interval: crate::bulk::DEFAULT_FLUSH_INTERVAL,
             metrics_namespace: crate::metrics::DEFAULT_NAMESPACE.to_owned(),
             metrics_app_prefix: None,
         }
@@ -91,33 +77,8 @@ impl Settings {
                 )
             })?;
         }
-        if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_VHOST") {
-            settings.amqp_default_vhost = v;
-        }
-        if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_PORT") {
-            settings.amqp_default_port =
-                v.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
-                    invalid("ASYNCWORKER_AMQP_DEFAULT_PORT", &v, "a port, 1-65535")
-                })?;
-        }
-        if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT") {
-            settings.amqp_default_prefetch =
-                v.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
-                    invalid(
-                        "ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT",
-                        &v,
-                        "an integer, 1-65535",
-                    )
-                })?;
-        }
-        if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT") {
-            settings.amqp_default_heartbeat =
-                v.parse().ok().filter(|h| *h > 0).ok_or_else(|| {
-                    invalid("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", &v, "seconds, 1-65535")
-                })?;
-        }
         if let Some(v) = get("ASYNCWORKER_FLUSH_TIMEOUT") {
-            settings.flush_timeout = v
+            settings.flush_interval = v
                 .parse::<f64>()
                 .ok()
                 .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
@@ -180,18 +141,6 @@ fn parse_level(value: &str) -> Option<tracing::Level> {
     })
 }
 
-/// Install a `tracing-subscriber` formatter at `settings.log_level` (`RUST_LOG`, when set,
-/// refines it per target). Does nothing if a global subscriber is already installed.
-pub fn init_logging(settings: &Settings) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::builder()
-        .with_default_directive(
-            tracing::level_filters::LevelFilter::from_level(settings.log_level).into(),
-        )
-        .from_env_lossy();
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,21 +170,13 @@ mod tests {
     fn every_variable_takes_effect() {
         let s = Settings::from_lookup(lookup(&[
             ("ASYNCWORKER_LOGLEVEL", "WARNING"),
-            ("ASYNCWORKER_AMQP_DEFAULT_VHOST", "fluentd"),
-            ("ASYNCWORKER_AMQP_DEFAULT_PORT", "5673"),
-            ("ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT", "256"),
-            ("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "5"),
             ("ASYNCWORKER_FLUSH_TIMEOUT", "0.5"),
             ("ASYNCWORKER_METRICS_NAMESPACE", "acme"),
             ("ASYNCWORKER_METRICS_APPPREFIX", "billing"),
         ]))
         .unwrap();
         assert_eq!(s.log_level, tracing::Level::WARN);
-        assert_eq!(s.amqp_default_vhost, "fluentd");
-        assert_eq!(s.amqp_default_port, 5673);
-        assert_eq!(s.amqp_default_prefetch, 256);
-        assert_eq!(s.amqp_default_heartbeat, 5);
-        assert_eq!(s.flush_timeout, Duration::from_millis(500));
+        assert_eq!(s.flush_interval, Duration::from_millis(500));
         assert_eq!(s.metrics_prefix(), "acme_billing");
     }
 
@@ -243,10 +184,6 @@ mod tests {
     fn malformed_value_is_an_error_naming_the_variable() {
         for (name, value) in [
             ("ASYNCWORKER_LOGLEVEL", "loud"),
-            ("ASYNCWORKER_AMQP_DEFAULT_PORT", "0"),
-            ("ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT", "-1"),
-            ("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "soon"),
-            ("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "0"),
             ("ASYNCWORKER_FLUSH_TIMEOUT", "NaN"),
             ("ASYNCWORKER_METRICS_NAMESPACE", "my-app"),
         ] {

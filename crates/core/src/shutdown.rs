@@ -8,8 +8,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 ///
 /// Clones share one signal. [`Bulk`](crate::bulk::Bulk) flushes partial batches when it
 /// fires, [`Retry`](crate::retry::Retry) stops retrying, sources stop taking deliveries. The
-/// runtime triggers it on SIGINT/SIGTERM or through
-/// [`ShutdownHandle`](crate::app::ShutdownHandle); tests trigger it by hand.
+/// [`App`](crate::App) triggers it on SIGINT/SIGTERM; [`App::shutdown_handle`](crate::App::shutdown_handle)
+/// gives it out, so a program (or a test) can trigger it by hand.
 #[derive(Clone, Default)]
 pub struct Shutdown {
     token: CancellationToken,

@@ -2,12 +2,11 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
-use tokio::task::JoinHandle;
 
 use futures::Stream;
+use tokio_util::task::TaskTracker;
 
 use crate::{BoxError, Message, Shutdown};
 
@@ -77,25 +76,8 @@ pub struct SourceContext {
     route: Arc<str>,
     shutdown: Shutdown,
     ready: Readiness,
-    background: Background,
-}
-
-/// The source's background tasks, which the runtime waits for when the route stops.
-#[derive(Clone, Default)]
-pub(crate) struct Background(Arc<Mutex<Vec<JoinHandle<()>>>>);
-
-impl Background {
-    /// Take the tasks spawned so far.
-    pub(crate) fn take(&self) -> Vec<JoinHandle<()>> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl fmt::Debug for Background {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.lock().map_or(0, |v| v.len());
-        f.debug_struct("Background").field("tasks", &n).finish()
-    }
+    /// The source's background tasks, which the runtime waits for when the route stops.
+    background: TaskTracker,
 }
 
 impl SourceContext {
@@ -105,7 +87,7 @@ impl SourceContext {
             route: route.into(),
             shutdown,
             ready: Readiness::default(),
-            background: Background::default(),
+            background: TaskTracker::new(),
         }
     }
 
@@ -120,13 +102,10 @@ impl SourceContext {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let handle = tokio::spawn(task);
-        let mut tasks = self.background.0.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(handle);
+        self.background.spawn(task);
     }
 
-    pub(crate) fn background(&self) -> &Background {
+    pub(crate) fn background(&self) -> &TaskTracker {
         &self.background
     }
 

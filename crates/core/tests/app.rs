@@ -1,28 +1,24 @@
-//! Behaviour of [`App`] over the in-memory source: backpressure, hooks, graceful shutdown,
-//! panic isolation, configuration errors, route metrics and health. Timers run on paused
+//! Behaviour of [`App`] over the in-memory source: backpressure through the route options,
+//! hooks, shutdown hooks after the grace period, configuration errors, route metrics and
+//! health. (How a route drains, flushes and isolates panics is the runtime's: runtime.rs.) Timers run on paused
 //! time.
+
+mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use asyncworker_core::app::{App, RouteOptions};
 use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
 use asyncworker_core::{Action, BoxError, Error, Message, Settings};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use asyncworker_core::{App, RouteOptions};
+use support::{LocalMetrics, Totals, error_chain, quiet_app};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, sleep};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-/// An app with default settings (not the environment's) and no signal handlers.
-fn app() -> App {
-    App::new()
-        .with_settings(Settings::default())
-        .handle_signals(false)
 }
 
 /// Settlements recorded so far, redeliveries included.
@@ -35,10 +31,6 @@ fn settled(queue: &MemoryQueue) -> usize {
 /// The last settlement of every message, in push order.
 fn settlements(queue: &MemoryQueue) -> Vec<Option<Action>> {
     queue.settlements().into_iter().map(|(_, a)| a).collect()
-}
-
-fn ids(batch: &[MemoryMessage]) -> Vec<u64> {
-    batch.iter().map(|m| m.id().0).collect()
 }
 
 fn text(message: &MemoryMessage) -> &str {
@@ -64,7 +56,7 @@ impl<T: Clone> Log<T> {
 
 #[tokio::test(start_paused = true)]
 async fn a_route_never_pulls_more_than_max_in_flight_ahead_of_settlement() {
-    for (bulk, limit) in [(1, 3), (2, 4), (4, 4)] {
+    for (bulk, limit) in [(1, 3), (1, 4), (2, 4), (4, 4)] {
         let queue = MemoryQueue::new();
         for i in 0..24 {
             queue.push_bytes(format!("{i}"));
@@ -72,23 +64,20 @@ async fn a_route_never_pulls_more_than_max_in_flight_ahead_of_settlement() {
         queue.close();
         let gate = Arc::new(Semaphore::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
-        let mut app = app();
-        app.route(
-            "backpressure",
-            queue.source(),
-            RouteOptions::new().bulk_size(bulk).max_in_flight(limit),
-            {
+        let mut app = quiet_app();
+        app.route("backpressure", queue.source(), {
+            let (gate, peak, queue) = (gate.clone(), peak.clone(), queue.clone());
+            move |_batch: Vec<MemoryMessage>| {
                 let (gate, peak, queue) = (gate.clone(), peak.clone(), queue.clone());
-                move |_batch: Vec<MemoryMessage>| {
-                    let (gate, peak, queue) = (gate.clone(), peak.clone(), queue.clone());
-                    async move {
-                        peak.fetch_max(queue.delivered() - settled(&queue), Ordering::SeqCst);
-                        gate.acquire().await.expect("open").forget();
-                        Ok::<(), BoxError>(())
-                    }
+                async move {
+                    peak.fetch_max(queue.delivered() - settled(&queue), Ordering::SeqCst);
+                    gate.acquire().await.expect("open").forget();
+                    Ok::<(), BoxError>(())
                 }
-            },
-        );
+            }
+        })
+        .bulk_size(bulk)
+        .max_in_flight(limit);
         let run = tokio::spawn(app.run());
 
         // Every handler is blocked: intake stops at the limit, however long we wait.
@@ -125,7 +114,7 @@ async fn startup_hooks_all_finish_before_the_first_delivery() {
     let seen = Log::<(bool, Duration)>::default();
     let t0 = Instant::now();
 
-    let mut app = app();
+    let mut app = quiet_app();
     app.on_startup({
         let (hooks, queue) = (hooks.clone(), queue.clone());
         move || async move {
@@ -143,7 +132,7 @@ async fn startup_hooks_all_finish_before_the_first_delivery() {
             Ok::<(), BoxError>(())
         }
     });
-    app.route("r", queue.source(), RouteOptions::new(), {
+    app.route("r", queue.source(), {
         let (seen, started) = (seen.clone(), started.clone());
         move |_batch: Vec<MemoryMessage>| {
             let (seen, started) = (seen.clone(), started.clone());
@@ -177,7 +166,7 @@ async fn a_failing_startup_hook_aborts_run_and_nothing_is_delivered() {
     let later_hook_ran = Arc::new(AtomicBool::new(false));
     let handled = Arc::new(AtomicUsize::new(0));
 
-    let mut app = app();
+    let mut app = quiet_app();
     app.on_startup(|| async { Err::<(), _>(std::io::Error::other("database unreachable")) });
     app.on_startup({
         let ran = later_hook_ran.clone();
@@ -186,7 +175,7 @@ async fn a_failing_startup_hook_aborts_run_and_nothing_is_delivered() {
             Ok::<(), BoxError>(())
         }
     });
-    app.route("r", queue.source(), RouteOptions::new(), {
+    app.route("r", queue.source(), {
         let handled = handled.clone();
         move |_batch: Vec<MemoryMessage>| {
             handled.fetch_add(1, Ordering::SeqCst);
@@ -196,7 +185,7 @@ async fn a_failing_startup_hook_aborts_run_and_nothing_is_delivered() {
 
     let err = app.run().await.expect_err("startup fails");
     assert!(matches!(err, Error::Startup(_)), "{err:?}");
-    assert!(err.to_string().contains("database unreachable"), "{err}");
+    assert!(error_chain(&err).contains("database unreachable"), "{err}");
     assert!(!later_hook_ran.load(Ordering::SeqCst));
     assert_eq!(handled.load(Ordering::SeqCst), 0);
     assert_eq!(queue.delivered(), 0);
@@ -211,8 +200,8 @@ async fn shutdown_hooks_run_once_in_order_after_every_route_has_stopped() {
     queue.close();
     let ran = Log::<(u32, usize)>::default();
 
-    let mut app = app();
-    app.route("r", queue.source(), RouteOptions::new(), |_batch| async {
+    let mut app = quiet_app();
+    app.route("r", queue.source(), |_batch| async {
         sleep(secs(2)).await;
         Ok::<(), BoxError>(())
     });
@@ -239,99 +228,29 @@ async fn shutdown_hooks_run_once_in_order_after_every_route_has_stopped() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Graceful shutdown
+// Graceful shutdown (the runtime's own behaviour is tested in runtime.rs)
 
 #[tokio::test(start_paused = true)]
-async fn shutdown_finishes_the_in_flight_batch_and_flushes_the_partial_one() {
-    let metrics = Recorded::install();
-    let queue = MemoryQueue::new();
-    for i in 0..4 {
-        queue.push_bytes(format!("{i}"));
-    }
-    let batches = Log::<(Vec<u64>, Duration)>::default();
-    let t0 = Instant::now();
-
-    let mut app = app();
-    app.route(
-        "orders",
-        queue.source(),
-        RouteOptions::new().bulk_size(3),
-        {
-            let batches = batches.clone();
-            move |batch: Vec<MemoryMessage>| {
-                let batches = batches.clone();
-                async move {
-                    batches.push((ids(&batch), t0.elapsed()));
-                    sleep(secs(5)).await;
-                    Ok::<(), BoxError>(())
-                }
-            }
-        },
-    );
-    let handle = app.shutdown_handle();
-    let run = tokio::spawn(app.run());
-
-    sleep(secs(1)).await;
-    // One full batch is running, message 3 waits in a partial batch (60 s flush interval).
-    assert_eq!(batches.get(), [(vec![0, 1, 2], secs(0))]);
-    assert_eq!(queue.outstanding(), 4);
-
-    handle.shutdown();
-    assert!(handle.is_shutting_down());
-    let late = queue.push_bytes("late");
-    run.await
-        .expect("no panic")
-        .expect("graceful shutdown is Ok");
-
-    assert_eq!(
-        batches.get(),
-        [(vec![0, 1, 2], secs(0)), (vec![3], secs(1))],
-        "the partial batch is flushed when shutdown begins"
-    );
-    assert_eq!(
-        t0.elapsed(),
-        secs(6),
-        "waits for the handlers, not the grace period"
-    );
-    for id in 0..4 {
-        assert_eq!(queue.settlement(MessageId(id)), Some(Action::Ack), "#{id}");
-    }
-    assert_eq!(queue.outstanding(), 0);
-    // Intake stopped: a message pushed after shutdown began stays in the queue.
-    assert_eq!(queue.settlement(late), None);
-    assert_eq!(queue.ready(), 1);
-
-    let m = metrics.read();
-    assert_eq!(
-        m.counter("asyncworker_batches_total", "orders", "reason", "size"),
-        1
-    );
-    assert_eq!(
-        m.counter("asyncworker_batches_total", "orders", "reason", "shutdown"),
-        1
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
+async fn shutdown_hooks_run_after_work_past_the_grace_period_is_requeued() {
     let queue = MemoryQueue::new();
     for p in ["stuck", "stuck", "fine"] {
         queue.push_bytes(p);
     }
     let t0 = Instant::now();
 
-    let mut app = app().grace_period(secs(2));
+    let mut app = quiet_app();
+    app.grace_period(secs(2));
     app.route(
         "r",
         queue.source(),
-        RouteOptions::new().bulk_size(2),
         |batch: Vec<MemoryMessage>| async move {
             if batch.iter().any(|m| text(m) == "stuck") {
                 std::future::pending::<()>().await;
             }
             Ok::<(), BoxError>(())
         },
-    );
+    )
+    .bulk_size(2);
     let shutdown_saw = Arc::new(Mutex::new(None));
     app.on_shutdown({
         let (queue, saw) = (queue.clone(), shutdown_saw.clone());
@@ -345,7 +264,7 @@ async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
 
     sleep(secs(1)).await;
     assert_eq!(queue.outstanding(), 3);
-    handle.shutdown();
+    handle.trigger();
     run.await
         .expect("no panic")
         .expect("graceful shutdown is Ok");
@@ -372,71 +291,6 @@ async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Panic isolation
-
-#[tokio::test(start_paused = true)]
-async fn a_panicking_handler_does_not_stop_the_route() {
-    for bulk in [1, 2] {
-        let queue = MemoryQueue::new();
-        for p in ["ok", "ok", "boom", "ok", "ok", "sync-boom", "ok", "ok"] {
-            queue.push_bytes(p);
-        }
-        queue.close();
-        let handled = Log::<Vec<u64>>::default();
-        let mut app = app();
-        app.route("r", queue.source(), RouteOptions::new().bulk_size(bulk), {
-            let handled = handled.clone();
-            move |batch: Vec<MemoryMessage>| {
-                // A panic before the future exists...
-                assert!(!batch.iter().any(|m| text(m) == "sync-boom"), "sync boom");
-                let handled = handled.clone();
-                async move {
-                    // ...and one while it runs.
-                    if batch.iter().any(|m| text(m) == "boom") {
-                        panic!("boom");
-                    }
-                    handled.push(ids(&batch));
-                    Ok::<(), BoxError>(())
-                }
-            }
-        });
-        app.run().await.expect("the route keeps serving");
-
-        let expected: &[Option<Action>] = if bulk == 1 {
-            &[
-                Some(Action::Ack),
-                Some(Action::Ack),
-                Some(Action::Requeue),
-                Some(Action::Ack),
-                Some(Action::Ack),
-                Some(Action::Requeue),
-                Some(Action::Ack),
-                Some(Action::Ack),
-            ]
-        } else {
-            // Batches [0,1] [2,3] [4,5] [6,7]: the panicking batches are requeued whole.
-            &[
-                Some(Action::Ack),
-                Some(Action::Ack),
-                Some(Action::Requeue),
-                Some(Action::Requeue),
-                Some(Action::Requeue),
-                Some(Action::Requeue),
-                Some(Action::Ack),
-                Some(Action::Ack),
-            ]
-        };
-        assert_eq!(settlements(&queue), expected, "bulk {bulk}");
-        assert_eq!(
-            handled.get().concat().last(),
-            Some(&7),
-            "bulk {bulk}: later messages are handled"
-        );
-        assert_eq!(queue.outstanding(), 0);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Configuration errors
 
 /// Runs `configure`d app on a closed queue and returns its error; checks no startup hook ran
@@ -446,7 +300,7 @@ async fn config_error(configure: impl FnOnce(&mut App, &MemoryQueue)) -> Error {
     queue.push_bytes("a");
     queue.close();
     let hook_ran = Arc::new(AtomicBool::new(false));
-    let mut app = app();
+    let mut app = quiet_app();
     app.on_startup({
         let ran = hook_ran.clone();
         move || async move {
@@ -475,17 +329,12 @@ fn route_name(err: &Error) -> &str {
 #[tokio::test(start_paused = true)]
 async fn a_bulk_size_of_zero_fails_run_naming_the_route() {
     let err = config_error(|app, queue| {
-        app.route("fine", queue.source(), RouteOptions::new(), ok);
-        app.route(
-            "orders",
-            queue.source(),
-            RouteOptions::new().bulk_size(0),
-            ok,
-        );
+        app.route("fine", queue.source(), ok);
+        app.route("orders", queue.source(), ok).bulk_size(0);
     })
     .await;
     assert_eq!(route_name(&err), "orders");
-    let text = err.to_string();
+    let text = error_chain(&err);
     assert!(
         text.contains("orders") && text.contains("bulk size"),
         "{text}"
@@ -502,23 +351,23 @@ async fn other_invalid_route_options_fail_run_naming_the_route() {
         ),
     ] {
         let err = config_error(|app, queue| {
-            app.route("orders", queue.source(), options, ok);
+            app.route("orders", queue.source(), ok).options(options);
         })
         .await;
         assert_eq!(route_name(&err), "orders");
-        assert!(err.to_string().contains(words), "{err}");
+        assert!(error_chain(&err).contains(words), "{err}");
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn duplicate_route_names_fail_run_naming_the_route() {
     let err = config_error(|app, queue| {
-        app.route("orders", queue.source(), RouteOptions::new(), ok);
-        app.route("orders", queue.source(), RouteOptions::new(), ok);
+        app.route("orders", queue.source(), ok);
+        app.route("orders", queue.source(), ok);
     })
     .await;
     assert_eq!(route_name(&err), "orders");
-    assert!(err.to_string().contains("same name"), "{err}");
+    assert!(error_chain(&err).contains("same name"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -528,7 +377,7 @@ async fn a_zero_run_every_interval_fails_run_naming_the_schedule() {
     })
     .await;
     assert!(route_name(&err).starts_with("run_every"), "{err}");
-    assert!(err.to_string().contains("interval"), "{err}");
+    assert!(error_chain(&err).contains("interval"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -536,7 +385,7 @@ async fn a_failing_stack_builder_fails_run_naming_the_route() {
     let queue = MemoryQueue::new();
     queue.push_bytes("a");
     queue.close();
-    let mut app = app();
+    let mut app = quiet_app();
     app.route_stack("custom", queue.source(), |cx| {
         let bulk = cx.bulk_layer::<MemoryMessage>(0)?;
         Ok(tower::ServiceBuilder::new()
@@ -546,7 +395,7 @@ async fn a_failing_stack_builder_fails_run_naming_the_route() {
     });
     let err = app.run().await.expect_err("the stack cannot be built");
     assert_eq!(route_name(&err), "custom");
-    assert!(err.to_string().contains("bulk size"), "{err}");
+    assert!(error_chain(&err).contains("bulk size"), "{err}");
     assert_eq!(queue.delivered(), 0);
 }
 
@@ -555,8 +404,8 @@ async fn a_failing_route_stops_the_app_instead_of_running_without_it() {
     let queue = MemoryQueue::new();
     queue.push_bytes("a");
     // The queue stays open: only the failing route can end the app.
-    let mut app = app();
-    app.route("fine", queue.source(), RouteOptions::new(), ok);
+    let mut app = quiet_app();
+    app.route("fine", queue.source(), ok);
     app.route_stack("custom", queue.source(), |cx| {
         let bulk = cx.bulk_layer::<MemoryMessage>(0)?;
         Ok(tower::ServiceBuilder::new()
@@ -581,8 +430,8 @@ async fn a_panicking_stack_builder_fails_run_naming_the_route() {
     let queue = MemoryQueue::new();
     queue.push_bytes("a");
     // The queue stays open: only the failing route can end the app.
-    let mut app = app();
-    app.route("fine", queue.source(), RouteOptions::new(), ok);
+    let mut app = quiet_app();
+    app.route("fine", queue.source(), ok);
     app.route_stack(
         "custom",
         queue.source(),
@@ -595,143 +444,32 @@ async fn a_panicking_stack_builder_fails_run_naming_the_route() {
         .expect("run returns instead of serving without the failed route")
         .expect_err("the route panicked");
     assert_eq!(route_name(&err), "custom");
-    assert!(err.to_string().contains("cannot build the stack"), "{err}");
+    assert!(
+        error_chain(&err).contains("cannot build the stack"),
+        "{err}"
+    );
     assert_eq!(queue.outstanding(), 0);
 }
 
 // ---------------------------------------------------------------------------------------
 // Metrics
 
-/// A debugging recorder installed on this thread for the test's lifetime. The paused-time
-/// runtime is current_thread, so the App's tasks build their handles on this thread.
-///
-/// The debugging recorder drains counters, gauges and histograms on every snapshot, so reads
-/// are accumulated here: [`Recorded::read`] gives the totals since installation (gauges as the
-/// sum of their increments and decrements, which is all the worker does with them).
-struct Recorded {
-    snapshotter: Snapshotter,
-    totals: std::cell::RefCell<Snapshot>,
-    _guard: metrics::LocalRecorderGuard<'static>,
-}
-
-type Labels = Vec<(String, String)>;
-
-#[derive(Debug, Default, Clone)]
-struct Snapshot {
-    counters: Vec<(String, Labels, u64)>,
-    gauges: Vec<(String, Labels, f64)>,
-    histograms: Vec<(String, Labels, Vec<f64>)>,
-}
-
-fn has(labels: &Labels, key: &str, value: &str) -> bool {
-    labels.iter().any(|(k, v)| k == key && v == value)
-}
-
-/// Adds `value` to the entry of `name` + `labels` in `entries`, creating it if need be.
-fn accumulate<T>(
-    entries: &mut Vec<(String, Labels, T)>,
-    name: String,
-    labels: Labels,
-    add: impl FnOnce(&mut T),
-    empty: T,
-) {
-    match entries
-        .iter_mut()
-        .find(|(n, l, _)| *n == name && *l == labels)
-    {
-        Some((_, _, v)) => add(v),
-        None => {
-            let mut v = empty;
-            add(&mut v);
-            entries.push((name, labels, v));
+/// Names of the metrics with a non-zero value, labelled with `route`.
+fn names_for(totals: &Totals, route: &str) -> HashMap<String, bool> {
+    let has_route =
+        |labels: &[(String, String)]| labels.iter().any(|(k, v)| k == "route" && v == route);
+    let mut names = HashMap::new();
+    for (n, l, v) in &totals.counters {
+        if has_route(l) {
+            *names.entry(n.clone()).or_default() |= *v > 0;
         }
     }
-}
-
-impl Recorded {
-    fn install() -> Self {
-        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
-        Recorded {
-            snapshotter: recorder.snapshotter(),
-            totals: Default::default(),
-            _guard: metrics::set_default_local_recorder(recorder),
+    for (n, l, v) in &totals.histograms {
+        if has_route(l) {
+            *names.entry(n.clone()).or_default() |= !v.is_empty();
         }
     }
-
-    /// Every metric's total since installation.
-    fn read(&self) -> Snapshot {
-        let mut totals = self.totals.borrow_mut();
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            let name = key.name().to_owned();
-            let mut labels: Labels = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels.sort();
-            match value {
-                DebugValue::Counter(n) => {
-                    accumulate(&mut totals.counters, name, labels, |v| *v += n, 0)
-                }
-                DebugValue::Gauge(g) => accumulate(
-                    &mut totals.gauges,
-                    name,
-                    labels,
-                    |v| *v += g.into_inner(),
-                    0.0,
-                ),
-                DebugValue::Histogram(h) => accumulate(
-                    &mut totals.histograms,
-                    name,
-                    labels,
-                    |v| v.extend(h.iter().map(|f| f.into_inner())),
-                    Vec::new(),
-                ),
-            }
-        }
-        totals.clone()
-    }
-}
-
-impl Snapshot {
-    fn counter(&self, name: &str, route: &str, key: &str, value: &str) -> u64 {
-        self.counters
-            .iter()
-            .filter(|(n, l, _)| n == name && has(l, "route", route) && has(l, key, value))
-            .map(|(_, _, v)| *v)
-            .sum()
-    }
-
-    fn gauge(&self, name: &str, route: &str) -> Option<f64> {
-        self.gauges
-            .iter()
-            .find(|(n, l, _)| n == name && has(l, "route", route))
-            .map(|(_, _, v)| *v)
-    }
-
-    fn histogram(&self, name: &str, route: &str, outcome: &str) -> Vec<f64> {
-        self.histograms
-            .iter()
-            .filter(|(n, l, _)| n == name && has(l, "route", route) && has(l, "outcome", outcome))
-            .flat_map(|(_, _, v)| v.iter().copied())
-            .collect()
-    }
-
-    /// Names of the metrics with a non-zero value, labelled with `route`.
-    fn names_for(&self, route: &str) -> HashMap<String, bool> {
-        let mut names = HashMap::new();
-        for (n, l, v) in &self.counters {
-            if has(l, "route", route) {
-                *names.entry(n.clone()).or_default() |= *v > 0;
-            }
-        }
-        for (n, l, v) in &self.histograms {
-            if has(l, "route", route) {
-                *names.entry(n.clone()).or_default() |= !v.is_empty();
-            }
-        }
-        names
-    }
+    names
 }
 
 /// Pushes `a b c fail e` into a closed queue and runs them through route `route` with bulk
@@ -746,7 +484,6 @@ async fn run_metrics_route(app: App, route: &str) -> MemoryQueue {
     app.route(
         route,
         queue.source(),
-        RouteOptions::new().bulk_size(2),
         |batch: Vec<MemoryMessage>| async move {
             sleep(secs(2)).await;
             if batch.iter().any(|m| text(m) == "fail") {
@@ -754,15 +491,16 @@ async fn run_metrics_route(app: App, route: &str) -> MemoryQueue {
             }
             Ok(())
         },
-    );
+    )
+    .bulk_size(2);
     app.run().await.expect("app runs");
     queue
 }
 
 #[tokio::test(start_paused = true)]
 async fn route_metrics_count_settlements_batches_durations_and_in_flight() {
-    let metrics = Recorded::install();
-    let queue = run_metrics_route(app(), "orders").await;
+    let metrics = LocalMetrics::install();
+    let queue = run_metrics_route(quiet_app(), "orders").await;
     assert_eq!(
         settlements(&queue),
         [
@@ -774,22 +512,48 @@ async fn route_metrics_count_settlements_batches_durations_and_in_flight() {
         ]
     );
 
-    let m = metrics.read();
     let settled = "asyncworker_messages_settled_total";
-    assert_eq!(m.counter(settled, "orders", "action", "ack"), 3);
-    assert_eq!(m.counter(settled, "orders", "action", "requeue"), 2);
-    assert_eq!(m.counter(settled, "orders", "action", "reject"), 0);
-    let batches = "asyncworker_batches_total";
-    assert_eq!(m.counter(batches, "orders", "reason", "size"), 2);
-    // The last, partial batch flushes when the (closed) source ends.
-    assert_eq!(m.counter(batches, "orders", "reason", "shutdown"), 1);
-    assert_eq!(m.counter(batches, "orders", "reason", "interval"), 0);
-    let duration = "asyncworker_handler_duration_seconds";
-    assert_eq!(m.histogram(duration, "orders", "ok"), [2.0, 2.0]);
-    assert_eq!(m.histogram(duration, "orders", "error"), [2.0]);
-    assert_eq!(m.histogram(duration, "orders", "panic"), Vec::<f64>::new());
     assert_eq!(
-        m.gauge("asyncworker_messages_in_flight", "orders"),
+        metrics.counter(settled, &[("route", "orders"), ("action", "ack")]),
+        3
+    );
+    assert_eq!(
+        metrics.counter(settled, &[("route", "orders"), ("action", "requeue")]),
+        2
+    );
+    assert_eq!(
+        metrics.counter(settled, &[("route", "orders"), ("action", "reject")]),
+        0
+    );
+    let batches = "asyncworker_batches_total";
+    assert_eq!(
+        metrics.counter(batches, &[("route", "orders"), ("reason", "size")]),
+        2
+    );
+    // The last, partial batch flushes when the (closed) source ends.
+    assert_eq!(
+        metrics.counter(batches, &[("route", "orders"), ("reason", "shutdown")]),
+        1
+    );
+    assert_eq!(
+        metrics.counter(batches, &[("route", "orders"), ("reason", "interval")]),
+        0
+    );
+    let duration = "asyncworker_handler_duration_seconds";
+    assert_eq!(
+        metrics.histogram(duration, &[("route", "orders"), ("outcome", "ok")]),
+        [2.0, 2.0]
+    );
+    assert_eq!(
+        metrics.histogram(duration, &[("route", "orders"), ("outcome", "error")]),
+        [2.0]
+    );
+    assert_eq!(
+        metrics.histogram(duration, &[("route", "orders"), ("outcome", "panic")]),
+        Vec::<f64>::new()
+    );
+    assert_eq!(
+        metrics.gauge("asyncworker_messages_in_flight", &[("route", "orders")]),
         Some(0.0),
         "the in-flight gauge returns to 0"
     );
@@ -797,14 +561,14 @@ async fn route_metrics_count_settlements_batches_durations_and_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn the_in_flight_gauge_follows_unsettled_messages() {
-    let metrics = Recorded::install();
+    let metrics = LocalMetrics::install();
     let queue = MemoryQueue::new();
     for p in ["a", "b", "c"] {
         queue.push_bytes(p);
     }
     let release = Arc::new(Notify::new());
-    let mut app = app();
-    app.route("r", queue.source(), RouteOptions::new().bulk_size(2), {
+    let mut app = quiet_app();
+    app.route("r", queue.source(), {
         let release = release.clone();
         move |_batch: Vec<MemoryMessage>| {
             let release = release.clone();
@@ -813,58 +577,70 @@ async fn the_in_flight_gauge_follows_unsettled_messages() {
                 Ok::<(), BoxError>(())
             }
         }
-    });
+    })
+    .bulk_size(2);
     let handle = app.shutdown_handle();
     let run = tokio::spawn(app.run());
 
     sleep(secs(1)).await;
-    let gauge = |m: &Snapshot| m.gauge("asyncworker_messages_in_flight", "r");
-    assert_eq!(gauge(&metrics.read()), Some(3.0));
+    let gauge = || metrics.gauge("asyncworker_messages_in_flight", &[("route", "r")]);
+    assert_eq!(gauge(), Some(3.0));
     release.notify_waiters();
     sleep(secs(1)).await;
-    assert_eq!(gauge(&metrics.read()), Some(1.0), "the full batch settled");
-    handle.shutdown();
+    assert_eq!(gauge(), Some(1.0), "the full batch settled");
+    handle.trigger();
     sleep(secs(1)).await;
     release.notify_waiters();
     run.await.expect("no panic").expect("app runs");
-    assert_eq!(gauge(&metrics.read()), Some(0.0));
+    assert_eq!(gauge(), Some(0.0));
     assert_eq!(queue.outstanding(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn metric_names_take_the_prefix_from_the_settings() {
-    let metrics = Recorded::install();
+    let metrics = LocalMetrics::install();
     let settings = Settings::from_lookup(|name| match name {
         "ASYNCWORKER_METRICS_NAMESPACE" => Some("acme".to_owned()),
         "ASYNCWORKER_METRICS_APPPREFIX" => Some("billing".to_owned()),
         _ => None,
     })
     .expect("valid settings");
-    run_metrics_route(app().with_settings(settings), "invoices").await;
+    run_metrics_route(
+        {
+            let mut app = quiet_app();
+            app.with_settings(settings);
+            app
+        },
+        "invoices",
+    )
+    .await;
 
-    let m = metrics.read();
     assert_eq!(
-        m.counter(
+        metrics.counter(
             "acme_billing_messages_settled_total",
-            "invoices",
-            "action",
-            "ack"
+            &[("route", "invoices"), ("action", "ack")]
         ),
         3
     );
     assert_eq!(
-        m.counter("acme_billing_batches_total", "invoices", "reason", "size"),
+        metrics.counter(
+            "acme_billing_batches_total",
+            &[("route", "invoices"), ("reason", "size")]
+        ),
         2
     );
     assert_eq!(
-        m.histogram("acme_billing_handler_duration_seconds", "invoices", "ok"),
+        metrics.histogram(
+            "acme_billing_handler_duration_seconds",
+            &[("route", "invoices"), ("outcome", "ok")]
+        ),
         [2.0, 2.0]
     );
     assert_eq!(
-        m.gauge("acme_billing_messages_in_flight", "invoices"),
+        metrics.gauge("acme_billing_messages_in_flight", &[("route", "invoices")]),
         Some(0.0)
     );
-    let names = m.names_for("invoices");
+    let names = names_for(&metrics.read(), "invoices");
     assert!(
         names.keys().all(|n| n.starts_with("acme_billing_")),
         "every metric of the route is prefixed: {names:?}"
@@ -879,8 +655,8 @@ async fn health_is_ready_only_while_routes_run_and_before_shutdown() {
     let queue = MemoryQueue::new();
     queue.push_bytes("a");
     let release = Arc::new(Notify::new());
-    let mut app = app();
-    app.route("orders", queue.source(), RouteOptions::new(), {
+    let mut app = quiet_app();
+    app.route("orders", queue.source(), {
         let release = release.clone();
         move |_batch: Vec<MemoryMessage>| {
             let release = release.clone();
@@ -902,7 +678,7 @@ async fn health_is_ready_only_while_routes_run_and_before_shutdown() {
     assert_eq!(routes.len(), 1);
     assert_eq!((routes[0].name.as_str(), routes[0].ready), ("orders", true));
 
-    handle.shutdown();
+    handle.trigger();
     assert!(!health.is_ready(), "not ready once shutdown has begun");
     sleep(secs(1)).await;
     assert!(!health.is_ready(), "not ready while draining");

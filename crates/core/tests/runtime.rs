@@ -1,133 +1,111 @@
-//! Behaviour of the Worker runtime over the in-memory source: backpressure, panic isolation
-//! and graceful shutdown.
+//! Behaviour of the Worker runtime over the in-memory source: panic isolation, graceful
+//! shutdown (draining, flushing, the grace period) and a failing service. (Backpressure
+//! through the route options is tested on the App, in app.rs.)
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asyncworker_core::ack::AckLayer;
 use asyncworker_core::bulk::BulkLayer;
-use asyncworker_core::memory::{MemoryMessage, MemoryQueue};
+use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
+use asyncworker_core::metrics::RouteMetrics;
 use asyncworker_core::runtime::Worker;
 use asyncworker_core::{Action, BoxError, Message, ServiceBuilderExt, Shutdown};
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use support::LocalMetrics;
+use tokio::time::{Instant, sleep};
 use tower::{ServiceBuilder, service_fn};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// Settlements recorded so far, redeliveries included.
-fn settled(queue: &MemoryQueue) -> usize {
-    (0..queue.len() as u64)
-        .map(|i| {
-            queue
-                .settlement_history(asyncworker_core::memory::MessageId(i))
-                .len()
-        })
-        .sum()
+/// The last settlement of every message, in push order.
+fn settlements(queue: &MemoryQueue) -> Vec<Option<Action>> {
+    queue.settlements().into_iter().map(|(_, a)| a).collect()
 }
 
-fn all_settled_with(queue: &MemoryQueue, action: Action) -> bool {
-    queue.settlements().iter().all(|(_, a)| *a == Some(action))
+fn ids(batch: &[MemoryMessage]) -> Vec<u64> {
+    batch.iter().map(|m| m.id().0).collect()
+}
+
+fn text(message: &MemoryMessage) -> &str {
+    std::str::from_utf8(message.payload()).unwrap_or("")
 }
 
 #[tokio::test(start_paused = true)]
-async fn never_more_than_max_in_flight_deliveries_ahead_of_settlement() {
-    for (bulk, max_in_flight) in [(1, 4), (2, 4), (4, 4)] {
+async fn a_panicking_handler_does_not_stop_the_route() {
+    for bulk in [1, 2] {
         let queue = MemoryQueue::new();
-        for _ in 0..40 {
-            queue.push_bytes("x");
+        for p in ["ok", "ok", "boom", "ok", "ok", "sync-boom", "ok", "ok"] {
+            queue.push_bytes(p);
         }
         queue.close();
-        let gate = Arc::new(Semaphore::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
+        let handled = Arc::new(Mutex::new(Vec::new()));
         let handler = {
-            let (gate, peak, queue) = (gate.clone(), peak.clone(), queue.clone());
-            service_fn(move |_batch: Vec<MemoryMessage>| {
-                let (gate, peak, queue) = (gate.clone(), peak.clone(), queue.clone());
+            let handled = handled.clone();
+            service_fn(move |batch: Vec<MemoryMessage>| {
+                // A panic before the future exists...
+                assert!(!batch.iter().any(|m| text(m) == "sync-boom"), "sync boom");
+                let handled = handled.clone();
                 async move {
-                    peak.fetch_max(queue.delivered() - settled(&queue), Ordering::SeqCst);
-                    gate.acquire().await.expect("open").forget();
+                    // ...and one while it runs.
+                    if batch.iter().any(|m| text(m) == "boom") {
+                        panic!("boom");
+                    }
+                    handled.lock().unwrap().push(ids(&batch));
                     Ok::<(), BoxError>(())
                 }
             })
         };
         let stack = ServiceBuilder::new()
-            .bulk(
-                BulkLayer::new(bulk)
-                    .expect("valid size")
-                    .max_in_flight(max_in_flight),
-            )
+            .bulk(BulkLayer::new(bulk).expect("valid size"))
             .ack(AckLayer::new())
             .service(handler);
-        let worker = tokio::spawn(
-            Worker::new(queue.source(), stack)
-                .max_in_flight(max_in_flight)
-                .run(),
-        );
-
-        // The handler is blocked: intake stops at the limit, however long we wait.
-        tokio::time::sleep(secs(3600)).await;
-        assert_eq!(queue.delivered(), max_in_flight, "bulk {bulk}");
-        assert_eq!(queue.outstanding(), max_in_flight, "bulk {bulk}");
-
-        // Let batches through one at a time: each settlement lets exactly that many in.
-        for _ in 0..(40 / bulk) {
-            gate.add_permits(1);
-            tokio::time::sleep(secs(1)).await;
-            assert!(queue.delivered() - settled(&queue) <= max_in_flight);
-        }
-        let report = worker.await.expect("no panic").expect("worker runs");
-        assert_eq!(report.received, 40);
-        assert!(peak.load(Ordering::SeqCst) <= max_in_flight);
+        let report = Worker::new(queue.source(), stack)
+            .run()
+            .await
+            .expect("the route keeps serving");
+        assert_eq!(report.received, 8, "bulk {bulk}");
         assert_eq!(
-            peak.load(Ordering::SeqCst),
-            max_in_flight,
-            "the limit is reached"
+            report.failed,
+            2 * bulk as u64,
+            "bulk {bulk}: the messages of 2 batches"
         );
-        assert!(all_settled_with(&queue, Action::Ack));
-    }
-}
 
-#[tokio::test(start_paused = true)]
-async fn a_panicking_handler_does_not_stop_the_route() {
-    let queue = MemoryQueue::new();
-    let ids: Vec<_> = ["ok", "boom", "ok", "boom", "ok"]
-        .iter()
-        .map(|p| queue.push_bytes(*p))
-        .collect();
-    queue.close();
-    let handler = service_fn(|batch: Vec<MemoryMessage>| async move {
-        if batch.iter().any(|m| m.payload().as_ref() == b"boom") {
-            panic!("boom");
-        }
-        Ok::<(), BoxError>(())
-    });
-    let stack = ServiceBuilder::new()
-        .bulk(BulkLayer::new(1).expect("valid size"))
-        .ack(AckLayer::new())
-        .service(handler);
-    let report = Worker::new(queue.source(), stack)
-        .max_in_flight(1)
-        .run()
-        .await
-        .expect("worker runs");
-    assert_eq!(report.received, 5);
-    assert_eq!(report.failed, 2);
-    let settlements: Vec<_> = ids.iter().map(|id| queue.settlement(*id)).collect();
-    assert_eq!(
-        settlements,
-        [
-            Action::Ack,
-            Action::Requeue,
-            Action::Ack,
-            Action::Requeue,
-            Action::Ack
-        ]
-        .map(Some)
-    );
+        let expected: &[Option<Action>] = if bulk == 1 {
+            &[
+                Some(Action::Ack),
+                Some(Action::Ack),
+                Some(Action::Requeue),
+                Some(Action::Ack),
+                Some(Action::Ack),
+                Some(Action::Requeue),
+                Some(Action::Ack),
+                Some(Action::Ack),
+            ]
+        } else {
+            // Batches [0,1] [2,3] [4,5] [6,7]: the panicking batches are requeued whole.
+            &[
+                Some(Action::Ack),
+                Some(Action::Ack),
+                Some(Action::Requeue),
+                Some(Action::Requeue),
+                Some(Action::Requeue),
+                Some(Action::Requeue),
+                Some(Action::Ack),
+                Some(Action::Ack),
+            ]
+        };
+        assert_eq!(settlements(&queue), expected, "bulk {bulk}");
+        assert_eq!(
+            handled.lock().unwrap().concat().last(),
+            Some(&7),
+            "bulk {bulk}: later messages are handled"
+        );
+        assert_eq!(queue.outstanding(), 0);
+    }
 }
 
 /// Without an Ack layer, the runtime itself catches the panic; the messages of the panicked
@@ -173,114 +151,82 @@ async fn a_panic_outside_the_ack_layer_is_caught_by_the_runtime() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn shutdown_lets_an_in_flight_batch_finish_and_acks_it() {
+async fn shutdown_finishes_the_in_flight_batch_and_flushes_the_partial_one() {
+    let metrics = LocalMetrics::install();
     let queue = MemoryQueue::new();
-    for _ in 0..2 {
-        queue.push_bytes("x");
+    for i in 0..4 {
+        queue.push_bytes(format!("{i}"));
     }
-    let started = Arc::new(AtomicUsize::new(0));
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
     let handler = {
-        let started = started.clone();
-        service_fn(move |_batch: Vec<MemoryMessage>| {
-            started.fetch_add(1, Ordering::SeqCst);
+        let batches = batches.clone();
+        service_fn(move |batch: Vec<MemoryMessage>| {
+            batches.lock().unwrap().push((ids(&batch), t0.elapsed()));
             async move {
-                tokio::time::sleep(secs(10)).await;
+                sleep(secs(5)).await;
                 Ok::<(), BoxError>(())
             }
         })
     };
     let shutdown = Shutdown::new();
+    let route = RouteMetrics::new("asyncworker", "orders");
     let stack = ServiceBuilder::new()
         .bulk(
-            BulkLayer::new(1)
+            BulkLayer::new(3)
                 .expect("valid size")
-                .shutdown(shutdown.clone()),
+                .flush_interval(secs(60))
+                .shutdown(shutdown.clone())
+                .metrics(route.clone()),
         )
         .ack(AckLayer::new())
         .service(handler);
-    let start = Instant::now();
     let worker = tokio::spawn(
         Worker::new(queue.source(), stack)
-            .shutdown(shutdown.clone())
+            .name("orders")
+            .with_shutdown(shutdown.clone())
             .grace_period(secs(30))
+            .metrics(route)
             .run(),
     );
-    tokio::time::sleep(secs(1)).await;
-    assert_eq!(started.load(Ordering::SeqCst), 2);
-    shutdown.trigger();
-    let late = queue.push_bytes("after shutdown");
 
+    sleep(secs(1)).await;
+    // One full batch is running, message 3 waits in a partial batch (60 s flush interval).
+    assert_eq!(*batches.lock().unwrap(), [(vec![0, 1, 2], secs(0))]);
+    assert_eq!(queue.outstanding(), 4);
+
+    shutdown.trigger();
+    let late = queue.push_bytes("late");
     let report = worker.await.expect("no panic").expect("worker runs");
+
     assert_eq!(
-        start.elapsed(),
-        secs(10),
-        "waited for the handlers, not the grace"
+        *batches.lock().unwrap(),
+        [(vec![0, 1, 2], secs(0)), (vec![3], secs(1))],
+        "the partial batch is flushed when shutdown begins, not at the interval"
     );
-    assert_eq!(report.received, 2);
+    assert_eq!(
+        t0.elapsed(),
+        secs(6),
+        "waits for the handlers, not the grace period"
+    );
+    assert_eq!(report.received, 4);
     assert_eq!(report.abandoned, 0);
-    assert_eq!(
-        queue.settlement(asyncworker_core::memory::MessageId(0)),
-        Some(Action::Ack)
-    );
-    assert_eq!(
-        queue.settlement(asyncworker_core::memory::MessageId(1)),
-        Some(Action::Ack)
-    );
+    for id in 0..4 {
+        assert_eq!(queue.settlement(MessageId(id)), Some(Action::Ack), "#{id}");
+    }
+    assert_eq!(queue.outstanding(), 0);
+    // Intake stopped: a message pushed after shutdown began stays in the queue.
     assert_eq!(
         queue.settlement(late),
         None,
         "intake stopped: never delivered"
     );
     assert_eq!(queue.ready(), 1);
-    assert_eq!(queue.outstanding(), 0);
-}
 
-#[tokio::test(start_paused = true)]
-async fn shutdown_flushes_a_partial_batch() {
-    let queue = MemoryQueue::new();
-    for _ in 0..3 {
-        queue.push_bytes("x");
-    }
-    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let handler = {
-        let sizes = sizes.clone();
-        service_fn(move |batch: Vec<MemoryMessage>| {
-            sizes
-                .lock()
-                .expect("not poisoned")
-                .push((Instant::now(), batch.len()));
-            async { Ok::<(), BoxError>(()) }
-        })
-    };
-    let shutdown = Shutdown::new();
-    let stack = ServiceBuilder::new()
-        .bulk(
-            BulkLayer::new(10)
-                .expect("valid size")
-                .flush_interval(secs(60))
-                .shutdown(shutdown.clone()),
-        )
-        .ack(AckLayer::new())
-        .service(handler);
-    let start = Instant::now();
-    let worker = tokio::spawn(
-        Worker::new(queue.source(), stack)
-            .max_in_flight(10)
-            .shutdown(shutdown.clone())
-            .run(),
-    );
-    tokio::time::sleep(secs(5)).await;
-    assert!(sizes.lock().expect("not poisoned").is_empty());
-    shutdown.trigger();
-    let report = worker.await.expect("no panic").expect("worker runs");
-    assert_eq!(report.received, 3);
-    assert_eq!(
-        *sizes.lock().expect("not poisoned"),
-        vec![(start + secs(5), 3)],
-        "flushed at shutdown, not at the interval"
-    );
-    assert!(all_settled_with(&queue, Action::Ack));
-    assert_eq!(queue.outstanding(), 0);
+    let batches_total = "asyncworker_batches_total";
+    let by = |reason| metrics.counter(batches_total, &[("route", "orders"), ("reason", reason)]);
+    assert_eq!(by("size"), 1);
+    assert_eq!(by("shutdown"), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -309,7 +255,7 @@ async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
     let start = Instant::now();
     let worker = tokio::spawn(
         Worker::new(queue.source(), stack)
-            .shutdown(shutdown.clone())
+            .with_shutdown(shutdown.clone())
             .grace_period(secs(5))
             .run(),
     );
@@ -409,4 +355,31 @@ async fn a_failed_service_gives_its_stuck_work_the_grace_period_not_forever() {
         [Some(Action::Requeue), None],
         "the stuck message is requeued; the other was never delivered"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_max_in_flight_of_zero_is_a_config_error_before_the_source_starts() {
+    let queue = MemoryQueue::new();
+    queue.push_bytes("a");
+    queue.close();
+    let stack = ServiceBuilder::new()
+        .bulk(BulkLayer::new(1).expect("valid size"))
+        .ack(AckLayer::new())
+        .service(service_fn(|_: Vec<MemoryMessage>| async {
+            Ok::<(), BoxError>(())
+        }));
+    let error = Worker::new(queue.source(), stack)
+        .max_in_flight(0)
+        .run()
+        .await
+        .expect_err("0 is not a limit");
+    let config = error
+        .downcast_ref::<asyncworker_core::Error>()
+        .expect("an asyncworker error");
+    assert!(
+        matches!(config, asyncworker_core::Error::Config(_)),
+        "{config:?}"
+    );
+    assert!(config.to_string().contains("at least 1"), "{config}");
+    assert_eq!(queue.delivered(), 0);
 }

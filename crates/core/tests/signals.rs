@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use asyncworker_core::app::{App, RouteOptions};
+use asyncworker_core::App;
 use asyncworker_core::memory::{MemoryMessage, MemoryQueue};
 use asyncworker_core::{BoxError, Settings};
 
@@ -16,7 +16,8 @@ async fn a_sigterm_during_startup_shuts_down_gracefully() {
     let queue = MemoryQueue::new();
     queue.push_bytes("a");
     // The queue stays open: only the signal can stop the app.
-    let mut app = App::new().with_settings(Settings::default());
+    let mut app = App::new();
+    app.with_settings(Settings::default());
     app.on_startup(|| async {
         // Synchronous on purpose: the current-thread runtime cannot run any other task
         // (the signal watcher included) until the signal has been delivered.
@@ -26,17 +27,14 @@ async fn a_sigterm_during_startup_shuts_down_gracefully() {
         assert!(status.success(), "kill failed");
         Ok::<(), BoxError>(())
     });
-    app.route(
-        "r",
-        queue.source(),
-        RouteOptions::new(),
-        |_batch: Vec<MemoryMessage>| async { Ok::<(), BoxError>(()) },
-    );
+    app.route("r", queue.source(), |_batch: Vec<MemoryMessage>| async {
+        Ok::<(), BoxError>(())
+    });
     let handle = app.shutdown_handle();
     tokio::time::timeout(Duration::from_secs(20), app.run())
         .await
         .expect("the signal stops the app")
         .expect("a graceful shutdown is Ok");
-    assert!(handle.is_shutting_down());
+    assert!(handle.is_triggered());
     assert_eq!(queue.outstanding(), 0);
 }

@@ -2,24 +2,21 @@
 //! paused time: first tick at start, skip-not-queue at max concurrency, errors do not stop
 //! the schedule, shutdown waits for the running task.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use asyncworker_core::app::{App, ShutdownHandle};
+use asyncworker_core::App;
 use asyncworker_core::ticks::Ticks;
-use asyncworker_core::{BoxError, Error, Settings};
+use asyncworker_core::{BoxError, Error, Shutdown};
+use support::quiet_app;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn app() -> App {
-    App::new()
-        .with_settings(Settings::default())
-        .handle_signals(false)
 }
 
 /// Start times (ms since `t0`) and peak concurrency of a task.
@@ -94,18 +91,18 @@ fn ok(_: usize) -> Result<(), std::io::Error> {
 }
 
 /// Runs `app` until `at` (ms since start), then shuts it down and waits for `run`.
-async fn run_until(app: App, at: u64) -> (JoinHandle<Result<(), Error>>, ShutdownHandle) {
+async fn run_until(app: App, at: u64) -> (JoinHandle<Result<(), Error>>, Shutdown) {
     let handle = app.shutdown_handle();
     let run = tokio::spawn(app.run());
     sleep(ms(at)).await;
-    handle.shutdown();
+    handle.trigger();
     (run, handle)
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_first_tick_comes_at_start_then_one_every_interval() {
     let runs = Runs::new();
-    let mut app = app();
+    let mut app = quiet_app();
     app.run_every(ms(1000), runs.task(ms(100), ok));
     let (run, _) = run_until(app, 3500).await;
     run.await.expect("no panic").expect("app runs");
@@ -115,7 +112,7 @@ async fn the_first_tick_comes_at_start_then_one_every_interval() {
 #[tokio::test(start_paused = true)]
 async fn a_tick_due_while_the_task_runs_is_skipped_not_queued() {
     let runs = Runs::new();
-    let mut app = app();
+    let mut app = quiet_app();
     // Interval 1 s, task 1.5 s, one at a time: the ticks at 1 s and 3 s come while a run is
     // in progress and are dropped; no run starts late at 1.5 s or 3 s to catch up.
     app.run_every(ms(1000), runs.task(ms(1500), ok));
@@ -128,7 +125,7 @@ async fn a_tick_due_while_the_task_runs_is_skipped_not_queued() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_task_never_builds_a_backlog() {
     let runs = Runs::new();
-    let mut app = app();
+    let mut app = quiet_app();
     // Interval 1 s, task 3.5 s: five ticks are missed per run; after the run only the next
     // due tick starts the task again.
     app.run_every(ms(1000), runs.task(ms(3500), ok));
@@ -140,7 +137,7 @@ async fn a_slow_task_never_builds_a_backlog() {
 #[tokio::test(start_paused = true)]
 async fn max_concurrency_two_lets_runs_overlap_up_to_two() {
     let runs = Runs::new();
-    let mut app = app();
+    let mut app = quiet_app();
     let ticks = Ticks::every(ms(1000))
         .expect("valid interval")
         .max_concurrency(2)
@@ -157,7 +154,7 @@ async fn max_concurrency_two_lets_runs_overlap_up_to_two() {
 #[tokio::test(start_paused = true)]
 async fn a_task_error_does_not_stop_the_schedule() {
     let runs = Runs::new();
-    let mut app = app();
+    let mut app = quiet_app();
     app.run_every(
         ms(1000),
         runs.task(ms(10), |n| {
@@ -178,7 +175,7 @@ async fn a_task_error_does_not_stop_the_schedule() {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_task_does_not_stop_the_schedule() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut app = app();
+    let mut app = quiet_app();
     app.run_every(ms(1000), {
         let calls = calls.clone();
         move || {
@@ -197,10 +194,10 @@ async fn a_panicking_task_does_not_stop_the_schedule() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_the_running_task() {
     let runs = Runs::new();
-    let mut app = app();
+    let mut app = quiet_app();
     app.run_every(ms(10_000), runs.task(ms(5000), ok));
     let (run, handle) = run_until(app, 1000).await;
-    assert!(handle.is_shutting_down());
+    assert!(handle.is_triggered());
     run.await.expect("no panic").expect("app runs");
     assert_eq!(runs.starts(), [0]);
     assert_eq!(runs.ends(), [5000], "the task ran to completion");
@@ -210,7 +207,8 @@ async fn shutdown_waits_for_the_running_task() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_stops_a_task_past_the_grace_period() {
     let runs = Runs::new();
-    let mut app = app().grace_period(ms(2000));
+    let mut app = quiet_app();
+    app.grace_period(ms(2000));
     app.run_every(ms(10_000), runs.task(ms(60_000), ok));
     let (run, _) = run_until(app, 1000).await;
     run.await.expect("no panic").expect("app runs");

@@ -15,13 +15,35 @@ pub const fn assert_send<T: Send>() {}
 /// Fails to compile unless the value's type is `Send`.
 pub fn assert_send_value<T: Send>(_: &T) {}
 
+/// An [`App`](asyncworker_core::App) with default settings (not the environment's) and no
+/// signal handlers.
+pub fn quiet_app() -> asyncworker_core::App {
+    let mut app = asyncworker_core::App::new();
+    app.with_settings(asyncworker_core::Settings::default())
+        .handle_signals(false);
+    app
+}
+
+/// `error` and each of its sources, joined by `: `.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The labels of one series, sorted by key.
 pub type Labels = Vec<(String, String)>;
 
 /// A debugging recorder installed on this thread for the test's lifetime.
 ///
-/// Counters and histogram samples accumulate across reads (the debugging recorder drains
-/// them on every snapshot); gauges keep their last value.
+/// The debugging recorder drains every metric on each snapshot (a gauge reads as its change
+/// since the last one), so reads accumulate: counters and histogram samples since
+/// [`LocalMetrics::install`], gauges as the sum of their increments and decrements.
 pub struct LocalMetrics {
     snapshotter: Snapshotter,
     totals: std::cell::RefCell<Totals>,
@@ -33,7 +55,7 @@ pub struct LocalMetrics {
 pub struct Totals {
     /// Counters: name, labels, total.
     pub counters: Vec<(String, Labels, u64)>,
-    /// Gauges: name, labels, last value.
+    /// Gauges: name, labels, the sum of their increments and decrements.
     pub gauges: Vec<(String, Labels, f64)>,
     /// Histograms: name, labels, every sample.
     pub histograms: Vec<(String, Labels, Vec<f64>)>,
@@ -63,15 +85,15 @@ impl LocalMetrics {
                 .collect();
             labels.sort();
             match value {
-                DebugValue::Counter(n) => {
-                    entry(&mut totals.counters, name, labels, 0, |v| *v += n)
-                }
-                DebugValue::Gauge(g) => {
-                    entry(&mut totals.gauges, name, labels, 0.0, |v| *v = g.into_inner())
-                }
-                DebugValue::Histogram(h) => entry(&mut totals.histograms, name, labels, Vec::new(), |v| {
-                    v.extend(h.iter().map(|f| f.into_inner()))
+                DebugValue::Counter(n) => entry(&mut totals.counters, name, labels, 0, |v| *v += n),
+                DebugValue::Gauge(g) => entry(&mut totals.gauges, name, labels, 0.0, |v| {
+                    *v += g.into_inner()
                 }),
+                DebugValue::Histogram(h) => {
+                    entry(&mut totals.histograms, name, labels, Vec::new(), |v| {
+                        v.extend(h.iter().map(|f| f.into_inner()))
+                    })
+                }
             }
         }
         totals.clone()
@@ -98,7 +120,7 @@ impl LocalMetrics {
             .collect()
     }
 
-    /// The last value of gauge `name` whose labels include all of `labels`, if recorded.
+    /// The value of gauge `name` whose labels include all of `labels`, if recorded.
     pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.read()
             .gauges
@@ -120,7 +142,10 @@ fn entry<T>(
     empty: T,
     update: impl FnOnce(&mut T),
 ) {
-    match entries.iter_mut().find(|(n, l, _)| *n == name && *l == labels) {
+    match entries
+        .iter_mut()
+        .find(|(n, l, _)| *n == name && *l == labels)
+    {
         Some((.., v)) => update(v),
         None => {
             let mut v = empty;
