@@ -24,8 +24,7 @@
 
 use std::time::Duration;
 
-use asyncworker::amqp::{AmqpConfig, AmqpMessage, AmqpSource};
-use asyncworker::{Action, App, BoxError, Message, RouteOptions, Settings};
+use asyncworker::prelude::*;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
@@ -45,8 +44,9 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, BoxErro
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let settings = Settings::from_env()?;
-    asyncworker::init_logging(&settings);
+    // The settings are read from the environment once, here.
+    let mut app = App::new();
+    asyncworker::init_logging(app.settings()?);
 
     let url = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672");
     let queues: Vec<String> = env_or("QUEUES", "asgard/counts,asgard/counts/errors")
@@ -95,16 +95,10 @@ async fn main() -> Result<(), BoxError> {
     };
 
     tracing::info!(?queues, %vhost, bulk_size, prefetch, "starting");
-    let mut app = App::new().with_settings(settings);
-    app.route(
-        "drain",
-        source,
-        RouteOptions::new()
-            .bulk_size(bulk_size)
-            .on_success(Action::Ack)
-            .on_error(Action::Requeue),
-        drain_handler,
-    );
+    app.route("drain", source, drain_handler)
+        .bulk_size(bulk_size)
+        .on_success(Action::Ack)
+        .on_error(Action::Requeue);
     app.on_shutdown(|| async {
         tracing::info!("worker stopped; every message acked or back in its queue");
         Ok::<(), BoxError>(())

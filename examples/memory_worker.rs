@@ -25,8 +25,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use asyncworker::init_logging;
 use asyncworker::memory::{MemoryMessage, MemoryQueue};
-use asyncworker::{Action, App, BoxError, Message, RouteOptions, Settings, init_logging};
+use asyncworker::prelude::*;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Job {
@@ -46,8 +47,9 @@ fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, BoxError> {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let settings = Settings::from_env()?;
-    init_logging(&settings);
+    // The settings are read from the environment once, here.
+    let mut app = App::new();
+    init_logging(app.settings()?);
     let messages: usize = env_or("MESSAGES", 20)?;
     let bulk_size: usize = env_or("BULK_SIZE", 5)?;
     let work = Duration::from_millis(env_or("WORK_MS", 200)?);
@@ -68,13 +70,10 @@ async fn main() -> Result<(), BoxError> {
         "messages queued"
     );
 
-    let mut app = App::new().with_settings(settings).grace_period(grace);
+    app.grace_period(grace);
     app.route(
         "jobs",
         queue.source(),
-        RouteOptions::new()
-            .bulk_size(bulk_size)
-            .max_concurrent_batches(1),
         move |batch: Vec<MemoryMessage>| async move {
             let jobs: Vec<usize> = batch
                 .iter()
@@ -92,11 +91,13 @@ async fn main() -> Result<(), BoxError> {
             tracing::info!(?jobs, "batch done");
             Ok::<(), BoxError>(())
         },
-    );
+    )
+    .bulk_size(bulk_size)
+    .max_concurrent_batches(1);
     if let Err(error) = app.run().await {
         // A second signal forces the exit (in-flight batches are abandoned and requeued), or
         // the route could not start.
-        eprintln!("worker stopped: {error}");
+        tracing::error!(error = &error as &dyn std::error::Error, "worker stopped");
         std::process::exit(1);
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use asyncworker::observe::{Server, prometheus::PrometheusBuilder};
 use asyncworker::ticks::{Tick, Ticks};
 use asyncworker::timeit::TimeitLayer;
-use asyncworker::{App, RouteOptions, Settings, init_logging};
+use asyncworker::{App, init_logging};
 use tower::{ServiceBuilder, service_fn};
 
 /// Histogram buckets, in seconds (without them the exporter renders summaries).
@@ -34,7 +34,6 @@ async fn handle_ticks(ticks: Vec<Tick>) -> Result<(), std::io::Error> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    init_logging(&Settings::from_env()?);
     let port: u16 = match std::env::var("METRICS_PORT") {
         Ok(port) => port.parse()?,
         Err(_) => 9090,
@@ -46,17 +45,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .install_recorder()?;
 
     let mut app = App::new();
+    init_logging(app.settings()?);
 
     // The handler, timed: `asyncworker_timeit_seconds{transaction="handle-ticks",outcome="ok"}`.
     let handler = ServiceBuilder::new()
         .layer(TimeitLayer::new("handle-ticks"))
         .service(service_fn(handle_ticks));
-    app.route_service(
-        "ticks",
-        Ticks::every(Duration::from_millis(500))?,
-        RouteOptions::new(),
-        handler,
-    );
+    app.route_service("ticks", Ticks::every(Duration::from_millis(500))?, handler);
 
     // Attached first, so health checks are answered while later startup hooks run.
     let server = Server::bind(("127.0.0.1", port))?.metrics(metrics);

@@ -26,7 +26,8 @@
 //! # Example
 //!
 //! ```
-//! use asyncworker::{App, Message, RouteOptions, memory::{MemoryMessage, MemoryQueue}};
+//! use asyncworker::prelude::*;
+//! use asyncworker::memory::{MemoryMessage, MemoryQueue};
 //!
 //! async fn drain_handler(messages: Vec<MemoryMessage>) -> Result<(), std::io::Error> {
 //!     for message in &messages {
@@ -45,7 +46,7 @@
 //! queue.close();
 //!
 //! let mut app = App::new();
-//! app.route("counts", queue.source(), RouteOptions::new().bulk_size(100), drain_handler);
+//! app.route("counts", queue.source(), drain_handler).bulk_size(100);
 //! app.run().await?;
 //! # Ok(())
 //! # }
@@ -55,7 +56,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | *(always)* | the core: messages and settlement, [`bulk`], [`ack`], [`retry`], [`runtime`], [`App`], [`ticks`], the in-memory source ([`memory`]), [`settings`] |
+//! | *(always)* | [`prelude`] (what a worker imports); the core: messages and settlement, [`bulk`], [`ack`], [`retry`], [`runtime`], [`App`], [`ticks`], the in-memory source ([`memory`]), [`settings`] |
 //! | `amqp` | [`amqp`]: RabbitMQ through `lapin` — consume, settle, reconnect, publish with confirms |
 //! | `sse` | `sse`: Server-Sent Events sources (not yet implemented) |
 //! | `timeit` | [`timeit`]: `Timeit` scopes and `TimeitLayer`, exported through `metrics` |
@@ -65,26 +66,33 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod logging;
+pub mod prelude;
+
 pub use asyncworker_core::{
-    Action, App, BoxError, Error, Message, Readiness, RouteOptions, ServiceBuilderExt, Settings,
-    Settle, SettleError, Settlement, Shutdown, ShutdownHandle, Source, SourceContext, init_logging,
+    Action, App, BoxError, Error, Message, Readiness, Route, RouteOptions, ServiceBuilderExt,
+    Settings, Settle, SettleError, Settlement, Shutdown, Source, SourceContext,
 };
 pub use asyncworker_core::{
     ack, app, builder, bulk, memory, message, metrics, retry, runtime, settings, shutdown, source,
     ticks,
 };
+pub use logging::init_logging;
 
 /// RabbitMQ through `lapin` (the `asyncworker-amqp` crate; feature `amqp`).
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use asyncworker_amqp as amqp;
 
 /// Server-Sent Events (the `asyncworker-sse` crate; feature `sse`).
 #[cfg(feature = "sse")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sse")))]
 pub use asyncworker_sse as sse;
 
 /// Timeit: timed scopes with nested transactions, the `TimeitLayer` tower layer, and export
 /// through `metrics` (the `asyncworker-timeit` crate; feature `timeit`).
 #[cfg(feature = "timeit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "timeit")))]
 pub use asyncworker_timeit as timeit;
 
 #[cfg(feature = "prometheus")]

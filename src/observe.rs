@@ -26,7 +26,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use asyncworker::{App, RouteOptions, memory::{MemoryMessage, MemoryQueue}};
+//! use asyncworker::{App, memory::{MemoryMessage, MemoryQueue}};
 //! use asyncworker::observe::{Server, prometheus::PrometheusBuilder};
 //!
 //! async fn handler(_batch: Vec<MemoryMessage>) -> Result<(), std::io::Error> {
@@ -39,7 +39,7 @@
 //!
 //! let queue = MemoryQueue::new();
 //! let mut app = App::new();
-//! app.route("orders", queue.source(), RouteOptions::new(), handler);
+//! app.route("orders", queue.source(), handler);
 //!
 //! let server = Server::bind("127.0.0.1:9090")?.metrics(metrics);
 //! println!("scrape http://{}/metrics", server.local_addr());

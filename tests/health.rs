@@ -7,7 +7,7 @@ use std::time::Duration;
 use asyncworker::memory::{MemoryMessage, MemoryQueue};
 use asyncworker::observe::{PROMETHEUS_CONTENT_TYPE, Server, prometheus::PrometheusBuilder};
 use asyncworker::timeit::TimeitLayer;
-use asyncworker::{Action, App, RouteOptions};
+use asyncworker::{Action, App};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep};
 use tower::{ServiceBuilder, service_fn};
@@ -90,7 +90,8 @@ async fn endpoints_follow_the_app_lifecycle() {
     let _local = metrics::set_default_local_recorder(&recorder);
 
     let queue = MemoryQueue::new();
-    let mut app = App::new().handle_signals(false);
+    let mut app = App::new();
+    app.handle_signals(false);
     let stop = app.shutdown_handle();
     let (open_start, started_gate) = oneshot::channel::<()>();
     let (open_stop, stopping_gate) = oneshot::channel::<()>();
@@ -107,7 +108,7 @@ async fn endpoints_follow_the_app_lifecycle() {
     let handler = ServiceBuilder::new()
         .layer(TimeitLayer::new("orders-handler"))
         .service(service_fn(handle));
-    app.route_service("orders", queue.source(), RouteOptions::new(), handler);
+    app.route_service("orders", queue.source(), handler);
     let app = tokio::spawn(app.run());
 
     // Starting: live, not ready.
@@ -170,7 +171,7 @@ async fn endpoints_follow_the_app_lifecycle() {
     );
 
     // Draining: still live and scrapable, no longer ready.
-    stop.shutdown();
+    stop.trigger();
     let ready = get_until(addr, "/health/ready", |r| r.status == 503).await;
     assert!(ready.body.starts_with(r#"{"ready":false,"#), "{ready:?}");
     assert_eq!(get(addr, "/health/live").await.unwrap().status, 200);
@@ -192,8 +193,9 @@ async fn a_served_health_endpoint_reports_a_stopped_app_and_stops_on_its_signal(
     let queue = MemoryQueue::new();
     queue.push_bytes("only");
     queue.close(); // the app ends once the queue is drained
-    let mut app = App::new().handle_signals(false);
-    app.route("drain", queue.source(), RouteOptions::new(), handle);
+    let mut app = App::new();
+    app.handle_signals(false);
+    app.route("drain", queue.source(), handle);
     let health = app.health();
     app.run().await.expect("app failed");
 

@@ -403,8 +403,8 @@ async fn drain_asyncworker(queue: &str, n: usize, bulk: usize, full: bool) -> Re
         .connection_name("asyncworker e2e bench")
         .build()?;
     let source = AmqpSource::builder(config, [queue]).build()?;
-    let mut app = App::new()
-        .with_settings(Settings::from_lookup(|_| None)?)
+    let mut app = App::new();
+    app.with_settings(Settings::from_lookup(|_| None)?)
         .handle_signals(false);
     let stop = app.shutdown_handle();
     let first: Arc<OnceLock<Mark>> = Arc::default();
@@ -424,7 +424,7 @@ async fn drain_asyncworker(queue: &str, n: usize, bulk: usize, full: bool) -> Re
                     let _ = first2.set(Mark::now());
                 }
                 if count == n {
-                    stop.shutdown();
+                    stop.trigger();
                 }
                 m
             })

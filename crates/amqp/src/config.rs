@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use asyncworker_core::{Backoff, Error, Jitter, Settings};
+use asyncworker_core::{Backoff, Error, Jitter};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{LongString, ShortString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
@@ -349,32 +349,66 @@ pub struct AmqpConfigBuilder {
 }
 
 impl Default for AmqpConfigBuilder {
-    /// A builder whose defaults come from the `ASYNCWORKER_AMQP_DEFAULT_*` variables
-    /// ([`Settings::from_env`]); a malformed variable makes [`AmqpConfigBuilder::build`] fail,
-    /// naming it.
+    /// A builder whose defaults come from the `ASYNCWORKER_AMQP_DEFAULT_*` variables; a
+    /// malformed variable makes [`AmqpConfigBuilder::build`] fail, naming it.
     fn default() -> Self {
-        match Settings::from_env() {
-            Ok(settings) => Self::with_settings(&settings),
-            Err(error) => {
-                let mut builder = Self::with_settings(&Settings::default());
-                builder.fail(error.to_string());
-                builder
-            }
-        }
+        Self::from_lookup(|name| std::env::var(name).ok())
     }
 }
 
 impl AmqpConfigBuilder {
-    /// A builder whose defaults (vhost, port, prefetch, heartbeat) come from `settings`
-    /// rather than the environment. Values set on the builder or in a URL win over them.
-    pub fn with_settings(settings: &Settings) -> Self {
-        AmqpConfigBuilder {
-            vhost: settings.amqp_default_vhost.clone(),
-            prefetch: settings.amqp_default_prefetch,
-            heartbeat: Duration::from_secs(settings.amqp_default_heartbeat.into()),
-            default_port: settings.amqp_default_port,
-            ..Self::fixed_defaults()
+    /// A builder whose defaults (vhost, port, prefetch, heartbeat) come from the
+    /// `ASYNCWORKER_AMQP_DEFAULT_*` variables as `lookup` reads them, rather than from the
+    /// environment. Values set on the builder or in a URL win over them; a malformed
+    /// variable makes [`AmqpConfigBuilder::build`] fail, naming it.
+    ///
+    /// | variable | default |
+    /// |---|---|
+    /// | `ASYNCWORKER_AMQP_DEFAULT_VHOST` | `/` |
+    /// | `ASYNCWORKER_AMQP_DEFAULT_PORT` | `5672` |
+    /// | `ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT` | `128` |
+    /// | `ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT` | `60` (seconds; really sent to the broker) |
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let mut builder = Self::fixed_defaults();
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let number = |name: &str, expected: &str| -> Result<Option<u16>, String> {
+            get(name)
+                .map(|v| {
+                    v.parse::<u16>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("{name}={v:?} is not valid: expected {expected}"))
+                })
+                .transpose()
+        };
+        if let Some(vhost) = get("ASYNCWORKER_AMQP_DEFAULT_VHOST") {
+            builder.vhost = vhost;
         }
+        let numbers = (|| {
+            Ok::<_, String>((
+                number("ASYNCWORKER_AMQP_DEFAULT_PORT", "a port, 1-65535")?,
+                number(
+                    "ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT",
+                    "an integer, 1-65535",
+                )?,
+                number("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "seconds, 1-65535")?,
+            ))
+        })();
+        match numbers {
+            Ok((port, prefetch, heartbeat)) => {
+                builder.default_port = port.unwrap_or(builder.default_port);
+                builder.prefetch = prefetch.unwrap_or(builder.prefetch);
+                if let Some(h) = heartbeat {
+                    builder.heartbeat = Duration::from_secs(h.into());
+                }
+            }
+            Err(error) => builder.fail(error),
+        }
+        builder
     }
 
     fn fixed_defaults() -> Self {
@@ -945,7 +979,7 @@ mod tests {
 
     #[test]
     fn settings_give_the_defaults_and_explicit_values_win() {
-        let settings = Settings::from_lookup(|name| {
+        let settings = |name: &str| {
             match name {
                 "ASYNCWORKER_AMQP_DEFAULT_VHOST" => Some("fluentd"),
                 "ASYNCWORKER_AMQP_DEFAULT_PORT" => Some("5673"),
@@ -954,17 +988,16 @@ mod tests {
                 _ => None,
             }
             .map(str::to_owned)
-        })
-        .unwrap();
+        };
         // A URL without port or vhost takes both from the settings.
-        let c = AmqpConfigBuilder::with_settings(&settings)
+        let c = AmqpConfigBuilder::from_lookup(settings)
             .url("amqp://guest:guest@127.0.0.1")
             .build()
             .unwrap();
         assert_eq!((c.port(), c.vhost()), (5673, "fluentd"));
         assert_eq!((c.prefetch(), c.heartbeat()), (256, Duration::from_secs(5)));
         // What the code says wins over the settings.
-        let c = AmqpConfigBuilder::with_settings(&settings)
+        let c = AmqpConfigBuilder::from_lookup(settings)
             .url("amqp://127.0.0.1:5672/%2f?heartbeat=9")
             .prefetch(10)
             .build()
@@ -972,11 +1005,27 @@ mod tests {
         assert_eq!((c.port(), c.vhost()), (5672, "/"));
         assert_eq!((c.prefetch(), c.heartbeat()), (10, Duration::from_secs(9)));
         // TLS keeps its own default port.
-        let c = AmqpConfigBuilder::with_settings(&settings)
+        let c = AmqpConfigBuilder::from_lookup(settings)
             .url("amqps://127.0.0.1")
             .build()
             .unwrap();
         assert_eq!(c.port(), 5671);
+    }
+
+    #[test]
+    fn a_malformed_default_is_an_error_naming_the_variable() {
+        for (name, value) in [
+            ("ASYNCWORKER_AMQP_DEFAULT_PORT", "0"),
+            ("ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT", "-1"),
+            ("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "soon"),
+            ("ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT", "0"),
+        ] {
+            let built = AmqpConfigBuilder::from_lookup(|n| (n == name).then(|| value.to_owned()))
+                .url("amqp://127.0.0.1")
+                .build();
+            let message = err(built);
+            assert!(message.contains(name), "{message}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asyncworker_amqp::{AmqpMessage, AmqpSource};
-use asyncworker_core::app::{App, RouteOptions};
+use asyncworker_core::{App, RouteOptions};
 use asyncworker_core::{BoxError, Message};
 use consuming::config;
 use support::*;
@@ -21,27 +21,24 @@ async fn run_route(source: AmqpSource, options: RouteOptions, expected: usize) -
     consuming::init_tracing();
     let batches: Batches = Arc::default();
     let seen = batches.clone();
-    let mut app = App::new().handle_signals(false);
-    app.route(
-        "amqp-route",
-        source,
-        options,
-        move |batch: Vec<AmqpMessage>| {
-            let seen = seen.clone();
-            async move {
-                let bodies = batch.iter().map(|m| m.text().unwrap().to_owned()).collect();
-                seen.lock().unwrap().push(bodies);
-                Ok::<_, BoxError>(())
-            }
-        },
-    );
+    let mut app = App::new();
+    app.handle_signals(false);
+    app.route("amqp-route", source, move |batch: Vec<AmqpMessage>| {
+        let seen = seen.clone();
+        async move {
+            let bodies = batch.iter().map(|m| m.text().unwrap().to_owned()).collect();
+            seen.lock().unwrap().push(bodies);
+            Ok::<_, BoxError>(())
+        }
+    })
+    .options(options);
     let handle = app.shutdown_handle();
     let run = tokio::spawn(app.run());
     let done = wait_until(Duration::from_secs(30), || async {
         batches.lock().unwrap().iter().map(Vec::len).sum::<usize>() >= expected
     })
     .await;
-    handle.shutdown();
+    handle.trigger();
     let result = tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("the app stops")

@@ -1,0 +1,15 @@
+//! What a worker needs, in one import: `use asyncworker::prelude::*;`.
+//!
+//! The [`App`], the [`Message`] trait (for `text`, `json`, `accept`, `reject`, ...), the
+//! settlement [`Action`], [`BoxError`], the [`Shutdown`] signal and, under their features,
+//! each backend's source and message types.
+
+pub use asyncworker_core::{Action, App, BoxError, Message, Shutdown};
+
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub use asyncworker_amqp::{AmqpConfig, AmqpMessage, AmqpSource};
+
+#[cfg(feature = "timeit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "timeit")))]
+pub use asyncworker_timeit::Timeit;
