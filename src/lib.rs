@@ -56,7 +56,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | *(always)* | [`prelude`] (what a worker imports); the core: messages and settlement, [`bulk`], [`ack`], [`retry`], [`runtime`], [`App`], [`ticks`], the in-memory source ([`memory`]), [`settings`] |
+//! | *(always)* | [`prelude`] (what a worker imports); the core: messages and settlement, [`bulk`], [`ack`], [`retry`], [`runtime`], [`App`], [`ticks`], the in-memory source ([`memory`]), [`Settings`] |
 //! | `amqp` | [`amqp`]: RabbitMQ through `lapin` — consume, settle, reconnect, publish with confirms |
 //! | `sse` | `sse`: Server-Sent Events sources (not yet implemented) |
 //! | `timeit` | [`timeit`]: `Timeit` scopes and `TimeitLayer`, exported through `metrics` |
@@ -70,13 +70,11 @@ mod logging;
 pub mod prelude;
 
 pub use asyncworker_core::{
-    Action, App, BoxError, Error, Message, Readiness, Route, RouteOptions, ServiceBuilderExt,
-    Settings, Settle, SettleError, Settlement, Shutdown, Source, SourceContext,
+    Action, App, BoxError, Error, Health, Message, Readiness, Route, RouteContext, RouteHealth,
+    RouteOptions, ServiceBuilderExt, Settings, Settle, SettleError, Settlement, Shutdown, Source,
+    SourceContext,
 };
-pub use asyncworker_core::{
-    ack, app, builder, bulk, memory, message, metrics, retry, runtime, settings, shutdown, source,
-    ticks,
-};
+pub use asyncworker_core::{ack, builder, bulk, memory, message, metrics, retry, runtime, ticks};
 pub use logging::init_logging;
 
 /// RabbitMQ through `lapin` (the `asyncworker-amqp` crate; feature `amqp`).

@@ -57,7 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asyncworker_core::Shutdown;
-use asyncworker_core::app::{App, Health};
+use asyncworker_core::{App, Health};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

@@ -6,7 +6,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod ack;
-pub mod app;
+mod app;
 mod backoff;
 pub mod builder;
 pub mod bulk;
@@ -15,12 +15,12 @@ pub mod message;
 pub mod metrics;
 pub mod retry;
 pub mod runtime;
-pub mod settings;
-pub mod shutdown;
-pub mod source;
+mod settings;
+mod shutdown;
+mod source;
 pub mod ticks;
 
-pub use app::{App, Route, RouteOptions};
+pub use app::{App, Health, Route, RouteContext, RouteHealth, RouteOptions};
 pub use backoff::{Backoff, BackoffBuilder, Jitter};
 pub use builder::ServiceBuilderExt;
 pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};

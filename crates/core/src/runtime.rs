@@ -1,7 +1,7 @@
 //! Drive a source through a service stack: backpressure, bounded in-flight work, panic
 //! isolation, graceful shutdown.
 //!
-//! [`Worker`] is the engine under every route of an [`App`](crate::app::App), and usable on
+//! [`Worker`] is the engine under every route of an [`App`](crate::App), and usable on
 //! its own:
 //!
 //! - it pulls the next delivery only when the stack is ready and fewer than
@@ -106,7 +106,7 @@ where
     /// Hold at most `n` unfinished message futures. Defaults to the source's own limit
     /// ([`Source::max_in_flight`], the AMQP prefetch), else [`DEFAULT_MAX_IN_FLIGHT`]; a value
     /// above the source's limit is lowered to it. A `Bulk` layer in the stack must be clamped
-    /// to the same number (the [`App`](crate::app::App) does this). 0 is an error, which
+    /// to the same number (the [`App`](crate::App) does this). 0 is an error, which
     /// [`Worker::run`] returns before it starts the source; leave it unset for the default.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = Some(n);

@@ -1,26 +1,27 @@
 //! Settings from the environment, under the Python original's `ASYNCWORKER_*` names.
-//!
-//! | variable | default | effect |
-//! |---|---|---|
-//! | `ASYNCWORKER_LOGLEVEL` | `info` | the log level (the facade's `init_logging` installs it): `trace`, `debug`, `info`, `warn`/`warning`, `error`/`critical` (any case) |
-//! | `ASYNCWORKER_FLUSH_TIMEOUT` | `60` | flush interval (seconds, fractions allowed) of routes that set none |
-//! | `ASYNCWORKER_METRICS_NAMESPACE` | `asyncworker` | metric-name prefix |
-//! | `ASYNCWORKER_METRICS_APPPREFIX` | unset | appended to the prefix: `{namespace}_{appprefix}_...` |
-//!
-//! The AMQP connection defaults (`ASYNCWORKER_AMQP_DEFAULT_*`) are read by the AMQP backend.
-//!
-//! Precedence: a value set in code wins over the environment, which wins over the default.
-//! Every variable is read once, by [`Settings::from_env`] (which [`App::new`](crate::app::App::new)
-//! calls), and a malformed value is an error naming the variable — never silently ignored.
-//! (The original defaults the log level to `ERROR` and ignores `FLUSH_TIMEOUT` and the
-//! heartbeat; here all of them take effect, and `info` is the default so a worker says what
-//! it is doing.)
 
 use std::time::Duration;
 
 use crate::Error;
 
-/// Framework settings. See the [module docs](self) for the variables and defaults.
+/// Framework settings, from the environment under the Python original's `ASYNCWORKER_*`
+/// names.
+///
+/// | variable | default | effect |
+/// |---|---|---|
+/// | `ASYNCWORKER_LOGLEVEL` | `info` | the log level (the facade's `init_logging` installs it): `trace`, `debug`, `info`, `warn`/`warning`, `error`/`critical` (any case) |
+/// | `ASYNCWORKER_FLUSH_TIMEOUT` | `60` | flush interval (seconds, fractions allowed) of routes that set none |
+/// | `ASYNCWORKER_METRICS_NAMESPACE` | `asyncworker` | metric-name prefix |
+/// | `ASYNCWORKER_METRICS_APPPREFIX` | unset | appended to the prefix: `{namespace}_{appprefix}_...` |
+///
+/// The AMQP connection defaults (`ASYNCWORKER_AMQP_DEFAULT_*`) are read by the AMQP backend.
+///
+/// Precedence: a value set in code wins over the environment, which wins over the default.
+/// Every variable is read once, by [`Settings::from_env`] (which [`App::new`](crate::App::new)
+/// calls), and a malformed value is an error naming the variable — never silently ignored.
+/// (The original defaults the log level to `ERROR` and ignores `FLUSH_TIMEOUT` and the
+/// heartbeat; here all of them take effect, and `info` is the default so a worker says what
+/// it is doing.)
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Settings {

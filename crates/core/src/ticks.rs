@@ -1,6 +1,6 @@
 //! A scheduled source: a tick now, then one every interval.
 //!
-//! [`Ticks`] is what [`App::run_every`](crate::app::App::run_every) runs on. At most
+//! [`Ticks`] is what [`App::run_every`](crate::App::run_every) runs on. At most
 //! `max_concurrency` ticks (default 1) are unfinished at once; a tick that comes due while the
 //! limit is reached is skipped, not queued, so a slow task never builds a backlog. A tick is
 //! finished when it is settled, which the [`Ack`](crate::ack::Ack) layer does after the task

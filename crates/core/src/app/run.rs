@@ -14,7 +14,7 @@ use crate::settings::Settings;
 use crate::{BoxError, Error, Shutdown};
 
 impl App {
-    /// Run until shutdown. See the [module docs](super) for the lifecycle.
+    /// Run until shutdown. See [`App`] for the lifecycle.
     ///
     /// # Errors
     ///
