@@ -513,45 +513,28 @@ async fn route_metrics_count_settlements_batches_durations_and_in_flight() {
     );
 
     let settled = "asyncworker_messages_settled_total";
-    assert_eq!(
-        metrics.counter(settled, &[("route", "orders"), ("action", "ack")]),
-        3
-    );
-    assert_eq!(
-        metrics.counter(settled, &[("route", "orders"), ("action", "requeue")]),
-        2
-    );
-    assert_eq!(
-        metrics.counter(settled, &[("route", "orders"), ("action", "reject")]),
-        0
-    );
     let batches = "asyncworker_batches_total";
-    assert_eq!(
-        metrics.counter(batches, &[("route", "orders"), ("reason", "size")]),
-        2
-    );
-    // The last, partial batch flushes when the (closed) source ends.
-    assert_eq!(
-        metrics.counter(batches, &[("route", "orders"), ("reason", "shutdown")]),
-        1
-    );
-    assert_eq!(
-        metrics.counter(batches, &[("route", "orders"), ("reason", "interval")]),
-        0
-    );
+    for (name, label, value, expected) in [
+        (settled, "action", "ack", 3),
+        (settled, "action", "requeue", 2),
+        (settled, "action", "reject", 0),
+        (batches, "reason", "size", 2),
+        // The last, partial batch flushes when the (closed) source ends.
+        (batches, "reason", "shutdown", 1),
+        (batches, "reason", "interval", 0),
+    ] {
+        let labels = [("route", "orders"), (label, value)];
+        assert_eq!(
+            metrics.counter(name, &labels),
+            expected,
+            "{name} {label}={value}"
+        );
+    }
     let duration = "asyncworker_handler_duration_seconds";
-    assert_eq!(
-        metrics.histogram(duration, &[("route", "orders"), ("outcome", "ok")]),
-        [2.0, 2.0]
-    );
-    assert_eq!(
-        metrics.histogram(duration, &[("route", "orders"), ("outcome", "error")]),
-        [2.0]
-    );
-    assert_eq!(
-        metrics.histogram(duration, &[("route", "orders"), ("outcome", "panic")]),
-        Vec::<f64>::new()
-    );
+    for (outcome, expected) in [("ok", &[2.0, 2.0][..]), ("error", &[2.0]), ("panic", &[])] {
+        let labels = [("route", "orders"), ("outcome", outcome)];
+        assert_eq!(metrics.histogram(duration, &labels), expected, "{outcome}");
+    }
     assert_eq!(
         metrics.gauge("asyncworker_messages_in_flight", &[("route", "orders")]),
         Some(0.0),

@@ -74,30 +74,14 @@ async fn a_panicking_handler_does_not_stop_the_route() {
             "bulk {bulk}: the messages of 2 batches"
         );
 
-        let expected: &[Option<Action>] = if bulk == 1 {
-            &[
-                Some(Action::Ack),
-                Some(Action::Ack),
-                Some(Action::Requeue),
-                Some(Action::Ack),
-                Some(Action::Ack),
-                Some(Action::Requeue),
-                Some(Action::Ack),
-                Some(Action::Ack),
-            ]
+        use Action::{Ack, Requeue};
+        let expected = if bulk == 1 {
+            [Ack, Ack, Requeue, Ack, Ack, Requeue, Ack, Ack]
         } else {
             // Batches [0,1] [2,3] [4,5] [6,7]: the panicking batches are requeued whole.
-            &[
-                Some(Action::Ack),
-                Some(Action::Ack),
-                Some(Action::Requeue),
-                Some(Action::Requeue),
-                Some(Action::Requeue),
-                Some(Action::Requeue),
-                Some(Action::Ack),
-                Some(Action::Ack),
-            ]
-        };
+            [Ack, Ack, Requeue, Requeue, Requeue, Requeue, Ack, Ack]
+        }
+        .map(Some);
         assert_eq!(settlements(&queue), expected, "bulk {bulk}");
         assert_eq!(
             handled.lock().unwrap().concat().last(),
