@@ -33,6 +33,24 @@ fn settlements(queue: &MemoryQueue) -> Vec<Option<Action>> {
     queue.settlements().into_iter().map(|(_, a)| a).collect()
 }
 
+fn assert_all_acked(queue: &MemoryQueue) {
+    let settlements = settlements(queue);
+    assert!(
+        settlements.iter().all(|a| *a == Some(Action::Ack)),
+        "{settlements:?}"
+    );
+}
+
+/// A closed queue holding `payloads`.
+fn closed_queue(payloads: &[&str]) -> MemoryQueue {
+    let queue = MemoryQueue::new();
+    for p in payloads {
+        queue.push_bytes(p.to_string());
+    }
+    queue.close();
+    queue
+}
+
 fn text(message: &MemoryMessage) -> &str {
     std::str::from_utf8(message.payload()).unwrap_or("")
 }
@@ -95,7 +113,7 @@ async fn a_route_never_pulls_more_than_max_in_flight_ahead_of_settlement() {
         run.await.expect("no panic").expect("app runs");
         assert_eq!(peak.load(Ordering::SeqCst), limit, "bulk {bulk}");
         assert_eq!(queue.delivered(), 24);
-        assert!(settlements(&queue).iter().all(|a| *a == Some(Action::Ack)));
+        assert_all_acked(&queue);
     }
 }
 
@@ -104,11 +122,7 @@ async fn a_route_never_pulls_more_than_max_in_flight_ahead_of_settlement() {
 
 #[tokio::test(start_paused = true)]
 async fn startup_hooks_all_finish_before_the_first_delivery() {
-    let queue = MemoryQueue::new();
-    for p in ["a", "b", "c"] {
-        queue.push_bytes(p);
-    }
-    queue.close();
+    let queue = closed_queue(&["a", "b", "c"]);
     let started = Arc::new(AtomicBool::new(false));
     let hooks = Log::<(&str, usize)>::default();
     let seen = Log::<(bool, Duration)>::default();
@@ -155,14 +169,12 @@ async fn startup_hooks_all_finish_before_the_first_delivery() {
         assert!(flag, "a delivery before the startup hooks finished");
         assert!(at >= secs(15), "delivered at {at:?}");
     }
-    assert!(settlements(&queue).iter().all(|a| *a == Some(Action::Ack)));
+    assert_all_acked(&queue);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_startup_hook_aborts_run_and_nothing_is_delivered() {
-    let queue = MemoryQueue::new();
-    queue.push_bytes("a");
-    queue.close();
+    let queue = closed_queue(&["a"]);
     let later_hook_ran = Arc::new(AtomicBool::new(false));
     let handled = Arc::new(AtomicUsize::new(0));
 
@@ -193,11 +205,7 @@ async fn a_failing_startup_hook_aborts_run_and_nothing_is_delivered() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_hooks_run_once_in_order_after_every_route_has_stopped() {
-    let queue = MemoryQueue::new();
-    for p in ["a", "b"] {
-        queue.push_bytes(p);
-    }
-    queue.close();
+    let queue = closed_queue(&["a", "b"]);
     let ran = Log::<(u32, usize)>::default();
 
     let mut app = quiet_app();
@@ -224,7 +232,7 @@ async fn shutdown_hooks_run_once_in_order_after_every_route_has_stopped() {
         [(1, 0), (2, 0), (3, 0)],
         "each once, in order, after settlement; an error does not stop the rest"
     );
-    assert!(settlements(&queue).iter().all(|a| *a == Some(Action::Ack)));
+    assert_all_acked(&queue);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -296,9 +304,7 @@ async fn shutdown_hooks_run_after_work_past_the_grace_period_is_requeued() {
 /// Runs `configure`d app on a closed queue and returns its error; checks no startup hook ran
 /// and nothing was delivered.
 async fn config_error(configure: impl FnOnce(&mut App, &MemoryQueue)) -> Error {
-    let queue = MemoryQueue::new();
-    queue.push_bytes("a");
-    queue.close();
+    let queue = closed_queue(&["a"]);
     let hook_ran = Arc::new(AtomicBool::new(false));
     let mut app = quiet_app();
     app.on_startup({
@@ -382,9 +388,7 @@ async fn a_zero_run_every_interval_fails_run_naming_the_schedule() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_stack_builder_fails_run_naming_the_route() {
-    let queue = MemoryQueue::new();
-    queue.push_bytes("a");
-    queue.close();
+    let queue = closed_queue(&["a"]);
     let mut app = quiet_app();
     app.route_stack("custom", queue.source(), |cx| {
         let bulk = cx.bulk_layer::<MemoryMessage>(0)?;
@@ -475,11 +479,7 @@ fn names_for(totals: &Totals, route: &str) -> HashMap<String, bool> {
 /// Pushes `a b c fail e` into a closed queue and runs them through route `route` with bulk
 /// size 2 and a 2 s handler that fails batches holding `fail`.
 async fn run_metrics_route(app: App, route: &str) -> MemoryQueue {
-    let queue = MemoryQueue::new();
-    for p in ["a", "b", "c", "fail", "e"] {
-        queue.push_bytes(p);
-    }
-    queue.close();
+    let queue = closed_queue(&["a", "b", "c", "fail", "e"]);
     let mut app = app;
     app.route(
         route,

@@ -124,11 +124,7 @@ async fn a_panic_outside_the_ack_layer_is_caught_by_the_runtime() {
     assert_eq!(report.received, 2);
     assert_eq!(report.panicked, 1);
     assert_eq!(
-        queue
-            .settlements()
-            .into_iter()
-            .map(|(_, a)| a)
-            .collect::<Vec<_>>(),
+        settlements(&queue),
         [Some(Action::Requeue), Some(Action::Ack)]
     );
     assert_eq!(queue.outstanding(), 0);
@@ -253,11 +249,7 @@ async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
     );
     assert_eq!(report.abandoned, 2);
     assert_eq!(
-        queue
-            .settlements()
-            .into_iter()
-            .map(|(_, a)| a)
-            .collect::<Vec<_>>(),
+        settlements(&queue),
         [Action::Ack, Action::Requeue, Action::Requeue, Action::Ack].map(Some)
     );
     for (id, _) in queue.settlements() {
@@ -331,11 +323,7 @@ async fn a_failed_service_gives_its_stuck_work_the_grace_period_not_forever() {
     assert!(error.to_string().contains("the service broke"), "{error}");
     assert_eq!(start.elapsed(), secs(5), "bounded by the grace period");
     assert_eq!(
-        queue
-            .settlements()
-            .into_iter()
-            .map(|(_, a)| a)
-            .collect::<Vec<_>>(),
+        settlements(&queue),
         [Some(Action::Requeue), None],
         "the stuck message is requeued; the other was never delivered"
     );
