@@ -13,6 +13,7 @@ use std::time::Duration;
 use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
 use asyncworker_core::{Action, BoxError, Error, Message, Settings};
 use asyncworker_core::{App, RouteOptions};
+use futures::future::BoxFuture;
 use support::{LocalMetrics, Totals, error_chain, quiet_app};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, sleep};
@@ -39,6 +40,24 @@ fn assert_all_acked(queue: &MemoryQueue) {
         settlements.iter().all(|a| *a == Some(Action::Ack)),
         "{settlements:?}"
     );
+}
+
+/// A handler that finishes a batch once `release` is notified.
+fn released_by(
+    release: &Arc<Notify>,
+) -> impl Fn(Vec<MemoryMessage>) -> BoxFuture<'static, Result<(), BoxError>>
++ Clone
++ Send
++ Sync
++ 'static {
+    let release = release.clone();
+    move |_batch| {
+        let release = release.clone();
+        Box::pin(async move {
+            release.notified().await;
+            Ok(())
+        })
+    }
 }
 
 /// A closed queue holding `payloads`.
@@ -551,17 +570,8 @@ async fn the_in_flight_gauge_follows_unsettled_messages() {
     }
     let release = Arc::new(Notify::new());
     let mut app = quiet_app();
-    app.route("r", queue.source(), {
-        let release = release.clone();
-        move |_batch: Vec<MemoryMessage>| {
-            let release = release.clone();
-            async move {
-                release.notified().await;
-                Ok::<(), BoxError>(())
-            }
-        }
-    })
-    .bulk_size(2);
+    app.route("r", queue.source(), released_by(&release))
+        .bulk_size(2);
     let handle = app.shutdown_handle();
     let run = tokio::spawn(app.run());
 
@@ -639,16 +649,7 @@ async fn health_is_ready_only_while_routes_run_and_before_shutdown() {
     queue.push_bytes("a");
     let release = Arc::new(Notify::new());
     let mut app = quiet_app();
-    app.route("orders", queue.source(), {
-        let release = release.clone();
-        move |_batch: Vec<MemoryMessage>| {
-            let release = release.clone();
-            async move {
-                release.notified().await;
-                Ok::<(), BoxError>(())
-            }
-        }
-    });
+    app.route("orders", queue.source(), released_by(&release));
     let health = app.health();
     let handle = app.shutdown_handle();
     assert!(!health.is_ready(), "not ready before start");
