@@ -141,9 +141,11 @@ impl App {
     /// An app with settings read once from the environment ([`Settings::from_env`]; a
     /// malformed variable makes [`App::run`] fail, naming it) and SIGINT/SIGTERM handling on.
     pub fn new() -> Self {
-        let settings = Settings::from_env()
-            .map(Arc::new)
-            .map_err(|e| e.to_string());
+        // Kept as the message, so `run` and `settings` can each return an `Error::Config`.
+        let settings = Settings::from_env().map(Arc::new).map_err(|e| match e {
+            Error::Config(message) => message,
+            other => other.to_string(),
+        });
         let shutdown = Shutdown::new();
         App {
             routes: Vec::new(),
