@@ -318,6 +318,57 @@ async fn shutdown_hooks_run_after_work_past_the_grace_period_is_requeued() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The route builder
+
+#[tokio::test(start_paused = true)]
+async fn the_route_builder_options_shape_the_stack() {
+    let queue = MemoryQueue::new();
+    for p in ["a", "b", "fail"] {
+        queue.push_bytes(p);
+    }
+    let batches = Log::<(usize, Duration)>::default();
+    let t0 = Instant::now();
+    let mut app = quiet_app();
+    app.route("r", queue.source(), {
+        let batches = batches.clone();
+        move |batch: Vec<MemoryMessage>| {
+            batches.push((batch.len(), t0.elapsed()));
+            let failed = batch.iter().any(|m| text(m) == "fail");
+            async move {
+                if failed {
+                    return Err(std::io::Error::other("failed"));
+                }
+                Ok(())
+            }
+        }
+    })
+    .bulk_size(2)
+    .flush_interval(secs(5))
+    .on_success(Action::Reject)
+    .on_error(Action::Ack);
+    let handle = app.shutdown_handle();
+    let run = tokio::spawn(app.run());
+    sleep(secs(10)).await;
+    handle.trigger();
+    run.await.expect("no panic").expect("app runs");
+
+    assert_eq!(
+        batches.get(),
+        [(2, secs(0)), (1, secs(5))],
+        "a full batch at once, the partial one after the flush interval"
+    );
+    assert_eq!(
+        settlements(&queue),
+        [
+            Some(Action::Reject),
+            Some(Action::Reject),
+            Some(Action::Ack)
+        ],
+        "on_success and on_error as set"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Configuration errors
 
 /// Runs `configure`d app on a closed queue and returns its error; checks no startup hook ran
