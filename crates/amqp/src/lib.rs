@@ -13,7 +13,7 @@
 //!   [`Action::RequeueTail`](asyncworker_core::Action::RequeueTail): a copy goes to the tail of
 //!   the queue with a requeue counter, optionally capped.
 //!
-//! - [`Publisher`]: publishing with confirms (see [`publish`]).
+//! - [`Publisher`]: publishing with confirms (see its docs for the defaults and the channel strategy).
 //!
 //! # Design choices
 //!
@@ -76,7 +76,7 @@ mod config;
 mod consumer;
 mod error;
 mod message;
-pub mod publish;
+mod publish;
 mod settle;
 mod source;
 
@@ -86,7 +86,10 @@ pub use config::{
 };
 pub use error::{AmqpError, Endpoint};
 pub use message::{AmqpMessage, DecodeError, REQUEUE_COUNT_HEADER};
-pub use publish::{OutgoingMessage, PublishError, Publisher, PublisherBuilder};
+pub use publish::{
+    DEFAULT_PUBLISH_TIMEOUT, HeaderValue, JSON_CONTENT_TYPE, OutgoingMessage, PublishError,
+    Publisher, PublisherBuilder,
+};
 pub use source::{AmqpSource, AmqpSourceBuilder, AmqpStream};
 
 /// The lapin version this crate is built on, re-exported so its types (properties, field

@@ -1,0 +1,18 @@
+//! [`AmqpSource`]: a route's supply of deliveries from one or more RabbitMQ queues.
+//!
+//! - `builder`: [`AmqpSource`] and [`AmqpSourceBuilder`], what a route consumes and how;
+//! - `stream`: [`AmqpStream`], the [`Source`](asyncworker_core::Source) side the runtime polls;
+//! - `supervisor`: the route's background task, connecting and reconnecting.
+
+mod builder;
+mod stream;
+mod supervisor;
+
+use std::sync::Arc;
+
+pub use builder::{AmqpSource, AmqpSourceBuilder};
+pub use stream::AmqpStream;
+
+use crate::AmqpError;
+
+type Callback = Arc<dyn Fn(&AmqpError, u32) + Send + Sync>;
