@@ -346,9 +346,7 @@ impl fmt::Debug for AmqpMessage {
 /// A body that is not the JSON the handler asked for; the message has been marked with the
 /// route's decode-error action.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "message {delivery_tag} from queue {queue:?} is not the expected JSON (marked {action}): {source}"
-)]
+#[error("message {delivery_tag} from queue {queue:?} is not the expected JSON (marked {action})")]
 pub struct DecodeError {
     queue: Arc<str>,
     delivery_tag: u64,
@@ -442,6 +440,9 @@ pub(crate) mod tests {
         assert_eq!(err.action(), Action::Reject);
         assert_eq!(err.queue(), "q");
         assert!(err.to_string().contains("queue \"q\""));
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(cause, Some(err.serde_error().to_string()));
+        assert!(!err.to_string().contains(&err.serde_error().to_string()));
         assert_eq!(msg.settlement().marked(), Some(Action::Reject));
         // The mark wins over the route's error policy.
         msg.settlement().settle_marked_or(Action::Requeue).unwrap();

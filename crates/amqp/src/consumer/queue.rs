@@ -124,7 +124,7 @@ impl QueueTask {
                     host = %self.shared.endpoint.host(),
                     vhost = %self.shared.endpoint.vhost(),
                     attempt,
-                    error = %error,
+                    error = &error as &dyn std::error::Error,
                     "cannot consume queue",
                 );
                 metrics::counter!(

@@ -13,7 +13,7 @@ const NOT_FOUND: u16 = 404;
 #[non_exhaustive]
 pub enum PublishError {
     /// The message body could not be serialized to JSON.
-    #[error("cannot serialize the message body to json: {0}")]
+    #[error("cannot serialize the message body to json")]
     Serialize(#[source] serde_json::Error),
     /// The publisher's options are invalid (found when it is built).
     #[error("invalid publisher options: {0}")]
@@ -81,8 +81,8 @@ pub enum PublishError {
         blocked: bool,
     },
     /// The publisher could not (re)connect to the broker.
-    #[error("the publisher cannot connect: {0}")]
-    Connect(Box<AmqpError>),
+    #[error("the publisher cannot connect")]
+    Connect(#[source] Box<AmqpError>),
     /// The connection handed to [`PublisherBuilder::from_connection`](crate::PublisherBuilder::from_connection) is closed, so no channel
     /// can be opened on it.
     #[error("the publisher's connection is closed")]
@@ -91,9 +91,7 @@ pub enum PublishError {
     #[error("the publisher is closed")]
     Closed,
     /// Any other failure of the connection or channel while publishing.
-    #[error(
-        "publishing to exchange {exchange:?} with routing key {routing_key:?} failed: {source}"
-    )]
+    #[error("publishing to exchange {exchange:?} with routing key {routing_key:?} failed")]
     Amqp {
         /// The exchange it was published to.
         exchange: String,
@@ -168,5 +166,15 @@ mod tests {
         assert!(text.contains("\"jobs\"") && text.contains("2s"), "{text}");
         assert!(text.contains("blocked"), "{text}");
         assert!(error.is_timeout());
+    }
+
+    #[test]
+    fn causes_are_sources_and_not_repeated_in_the_message() {
+        use std::error::Error as _;
+        let serde = serde_json::from_str::<u8>("x").unwrap_err();
+        let cause = serde.to_string();
+        let error = PublishError::Serialize(serde);
+        assert!(!error.to_string().contains(&cause), "{error}");
+        assert_eq!(error.source().map(ToString::to_string), Some(cause));
     }
 }

@@ -114,7 +114,7 @@ impl Supervisor {
                             host = %endpoint.host(),
                             vhost = %endpoint.vhost(),
                             attempt,
-                            error = %error,
+                            error = &error as &dyn std::error::Error,
                             "cannot connect; giving up",
                         );
                         self.emit(Err(error.clone()));
@@ -132,7 +132,7 @@ impl Supervisor {
                         vhost = %endpoint.vhost(),
                         attempt,
                         retry_in = ?delay,
-                        error = %error,
+                        error = &error as &dyn std::error::Error,
                         "cannot connect; retrying",
                     );
                     self.emit(Err(error));

@@ -125,6 +125,20 @@ pub fn tls_client_key() -> PathBuf {
     tls_dir().join("client.key")
 }
 
+/// `error` followed by each of its sources, joined by `": "`: what a log line that records
+/// the whole chain shows. Errors put their cause in `source()`, not in their message, so
+/// assert on this to find text from a cause.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
 /// A name no other test (or test run) uses: `aw-test-{name}-{random}`.
 pub fn unique_name(name: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
