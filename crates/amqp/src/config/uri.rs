@@ -92,31 +92,47 @@ impl AmqpConfigBuilder {
     }
 }
 
+/// Percent-decodes one part of the URL (`what` names it in errors) with `percent-encoding`.
+/// That crate passes a malformed escape (`%zz`, a `%` at the end) through as text; here it is
+/// an error, so a typo in a password or vhost never connects with the wrong value.
 fn percent_decode(s: &str, what: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("the AMQP URL's {what} has an invalid percent-escape"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let malformed = s.split('%').skip(1).any(|after| {
+        !after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return Err(format!(
+            "the AMQP URL's {what} has an invalid percent-escape"
+        ));
     }
-    String::from_utf8(out).map_err(|_| format!("the AMQP URL's {what} is not valid UTF-8"))
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| format!("the AMQP URL's {what} is not valid UTF-8"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::AmqpConfig;
+
+    #[test]
+    fn percent_escapes_decode_and_malformed_ones_are_errors() {
+        assert_eq!(percent_decode("a%2Fb%2f%40", "vhost").unwrap(), "a/b/@");
+        assert_eq!(percent_decode("caf%C3%A9", "vhost").unwrap(), "café");
+        assert_eq!(percent_decode("plain", "vhost").unwrap(), "plain");
+        for bad in ["%zz", "%2", "x%", "%%41"] {
+            let e = percent_decode(bad, "vhost").unwrap_err();
+            assert!(
+                e.contains("vhost") && e.contains("percent-escape"),
+                "{bad}: {e}"
+            );
+        }
+        let e = percent_decode("%FF", "password").unwrap_err();
+        assert!(e.contains("password") && e.contains("UTF-8"), "{e}");
+    }
 
     #[test]
     fn url_parts_are_parsed() {
