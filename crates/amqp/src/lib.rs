@@ -4,6 +4,8 @@
 //! - [`AmqpConfig`]: how to reach a broker, from an `amqp://` / `amqps://` URL or a builder,
 //!   validated at build time; the password never shows in `Debug`, `Display` or logs.
 //!   [`Connections`] holds several, by name.
+//! - [`AmqpSettings`]: the connection defaults (vhost, port, prefetch, heartbeat) from the
+//!   `ASYNCWORKER_AMQP_DEFAULT_*` variables, read once per process; code wins over them.
 //! - [`AmqpSource`]: a route's queues on a vhost, one channel per queue with
 //!   `basic.qos(prefetch)`; reconnects with core's [`Backoff`](asyncworker_core::Backoff); cancels its consumers on shutdown
 //!   and keeps channels open until every handed-out message is settled.
@@ -77,6 +79,7 @@ mod consumer;
 mod error;
 mod message;
 mod publish;
+mod settings;
 mod settle;
 mod source;
 
@@ -90,6 +93,7 @@ pub use publish::{
     DEFAULT_PUBLISH_TIMEOUT, HeaderValue, JSON_CONTENT_TYPE, OutgoingMessage, PublishError,
     Publisher, PublisherBuilder,
 };
+pub use settings::AmqpSettings;
 pub use source::{AmqpSource, AmqpSourceBuilder, AmqpStream};
 
 /// The lapin version this crate is built on, re-exported so its types (properties, field

@@ -4,11 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use asyncworker_core::{Backoff, Error, Jitter, Settings};
+use asyncworker_core::{Backoff, Error, Jitter};
 use lapin::types::ShortString;
 
 use super::values::{Inner, Secret, Tls};
 use super::{AmqpConfig, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PREFETCH};
+use crate::AmqpSettings;
 
 /// Builds an [`AmqpConfig`]; every check happens in [`AmqpConfigBuilder::build`].
 ///
@@ -39,14 +40,14 @@ pub struct AmqpConfigBuilder {
 
 impl Default for AmqpConfigBuilder {
     /// A builder whose defaults come from the `ASYNCWORKER_AMQP_DEFAULT_*` variables
-    /// ([`Settings::from_env`]); a malformed variable makes [`AmqpConfigBuilder::build`] fail,
-    /// naming it.
+    /// ([`AmqpSettings`], read once per process); a malformed variable makes
+    /// [`AmqpConfigBuilder::build`] fail, naming it.
     fn default() -> Self {
-        match Settings::from_env() {
-            Ok(settings) => Self::with_settings(&settings),
-            Err(error) => {
-                let mut builder = Self::with_settings(&Settings::default());
-                builder.fail(error.to_string());
+        match AmqpSettings::process() {
+            Ok(settings) => Self::with_settings(settings),
+            Err(message) => {
+                let mut builder = Self::with_settings(&AmqpSettings::default());
+                builder.fail(message.to_owned());
                 builder
             }
         }
@@ -56,12 +57,12 @@ impl Default for AmqpConfigBuilder {
 impl AmqpConfigBuilder {
     /// A builder whose defaults (vhost, port, prefetch, heartbeat) come from `settings`
     /// rather than the environment. Values set on the builder or in a URL win over them.
-    pub fn with_settings(settings: &Settings) -> Self {
+    pub fn with_settings(settings: &AmqpSettings) -> Self {
         AmqpConfigBuilder {
-            vhost: settings.amqp_default_vhost.clone(),
-            prefetch: settings.amqp_default_prefetch,
-            heartbeat: Duration::from_secs(settings.amqp_default_heartbeat.into()),
-            default_port: settings.amqp_default_port,
+            vhost: settings.vhost.clone(),
+            prefetch: settings.prefetch,
+            heartbeat: settings.heartbeat,
+            default_port: settings.port,
             ..Self::fixed_defaults()
         }
     }
@@ -396,7 +397,7 @@ mod tests {
 
     #[test]
     fn settings_give_the_defaults_and_explicit_values_win() {
-        let settings = Settings::from_lookup(|name| {
+        let settings = AmqpSettings::from_lookup(|name| {
             match name {
                 "ASYNCWORKER_AMQP_DEFAULT_VHOST" => Some("fluentd"),
                 "ASYNCWORKER_AMQP_DEFAULT_PORT" => Some("5673"),

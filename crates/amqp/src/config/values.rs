@@ -95,7 +95,9 @@ pub struct AmqpConfig {
 
 impl AmqpConfig {
     /// A builder with the defaults: `amqp://guest:guest@localhost:5672`, vhost `/`, prefetch
-    /// 128, heartbeat 60 s.
+    /// 128, heartbeat 60 s — the vhost, port, prefetch and heartbeat unless the
+    /// `ASYNCWORKER_AMQP_DEFAULT_*` variables say otherwise ([`AmqpSettings`](crate::AmqpSettings),
+    /// read once per process).
     pub fn builder() -> AmqpConfigBuilder {
         AmqpConfigBuilder::default()
     }
