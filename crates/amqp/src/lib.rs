@@ -9,7 +9,7 @@
 //! - [`AmqpSource`]: a route's queues on a vhost, one channel per queue with
 //!   `basic.qos(prefetch)`; reconnects with core's [`Backoff`](asyncworker_core::Backoff); cancels its consumers on shutdown
 //!   and keeps channels open until every handed-out message is settled.
-//! - [`AmqpMessage`]: body, typed JSON ([`AmqpMessage::decode_json`] rejects poison messages
+//! - [`AmqpMessage`]: body, typed JSON ([`AmqpMessage::json_or_reject`] rejects poison messages
 //!   instead of requeueing them forever), headers, properties, routing key, exchange,
 //!   redelivered flag, delivery tag, queue; the core's accept / reject / requeue marks, plus
 //!   [`Action::RequeueTail`](asyncworker_core::Action::RequeueTail): a copy goes to the tail of
@@ -39,7 +39,7 @@
 //!   the callback, the generations and the re-consuming of every queue.
 //! - **Readiness** is set while every queue of the route is being consumed: a route with a
 //!   missing queue is live but not ready.
-//! - **Poison messages** are rejected, not requeued forever: [`AmqpMessage::decode_json`]
+//! - **Poison messages** are rejected, not requeued forever: [`AmqpMessage::json_or_reject`]
 //!   marks an undecodable message with the route's decode-error action (default reject).
 //! - **RequeueTail** publishes the copy with confirms on a channel of the route's connection
 //!   and acks the original only once the copy is confirmed; otherwise the original is

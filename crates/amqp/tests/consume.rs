@@ -583,7 +583,7 @@ async fn an_undecodable_body_is_rejected_not_requeued() {
     let (mut stream, shutdown, _) = start(source(&[&q]), "poison");
     let batch = next_messages(&mut stream, 2, 10).await;
     // A framework-style handler: decode every message, fail the batch on the first error.
-    let decoded: Result<Vec<Job>, _> = batch.iter().map(|m| m.decode_json::<Job>()).collect();
+    let decoded: Result<Vec<Job>, _> = batch.iter().map(|m| m.json_or_reject::<Job>()).collect();
     let err = decoded.unwrap_err();
     assert!(err.to_string().contains(&q), "{err}");
     // The batch failed: the good message is requeued by policy, the bad one rejected by its
@@ -595,7 +595,7 @@ async fn an_undecodable_body_is_rejected_not_requeued() {
     actions.sort_by_key(|a| a.as_str());
     assert_eq!(actions, [Action::Reject, Action::Requeue]);
     let (again, _) = next_message(&mut stream, 10).await;
-    assert_eq!(again.decode_json::<Job>().unwrap().id, 1);
+    assert_eq!(again.json_or_reject::<Job>().unwrap().id, 1);
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
     eventually(10, "the poison message reaches the DLQ", || async {

@@ -81,12 +81,12 @@ impl OutgoingMessage {
     }
 
     /// The exchange it goes to.
-    pub fn get_exchange(&self) -> &str {
+    pub fn exchange(&self) -> &str {
         &self.exchange
     }
 
     /// Its routing key.
-    pub fn get_routing_key(&self) -> &str {
+    pub fn routing_key(&self) -> &str {
         &self.routing_key
     }
 
@@ -102,13 +102,13 @@ impl OutgoingMessage {
     }
 
     /// Sends it to another exchange.
-    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+    pub fn with_exchange(mut self, exchange: impl Into<String>) -> Self {
         self.exchange = exchange.into();
         self
     }
 
     /// Gives it another routing key.
-    pub fn routing_key(mut self, routing_key: impl Into<String>) -> Self {
+    pub fn with_routing_key(mut self, routing_key: impl Into<String>) -> Self {
         self.routing_key = routing_key.into();
         self
     }
@@ -376,6 +376,17 @@ mod tests {
                 Some(JSON_CONTENT_TYPE)
             );
         }
+    }
+
+    #[test]
+    fn destination_reads_back_and_can_be_replaced() {
+        let message = OutgoingMessage::new("ex", "rk", "x");
+        assert_eq!((message.exchange(), message.routing_key()), ("ex", "rk"));
+        let message = message.with_exchange("other").with_routing_key("key");
+        assert_eq!(
+            (message.exchange(), message.routing_key()),
+            ("other", "key")
+        );
     }
 
     #[test]

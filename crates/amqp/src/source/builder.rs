@@ -161,7 +161,7 @@ impl AmqpSourceBuilder {
         self
     }
 
-    /// The action [`AmqpMessage::decode_json`](crate::AmqpMessage::decode_json) marks a message with when its body is not the
+    /// The action [`AmqpMessage::json_or_reject`](crate::AmqpMessage::json_or_reject) marks a message with when its body is not the
     /// expected JSON. Default [`Action::Reject`]: dropped or dead-lettered, never requeued in
     /// a loop.
     pub fn on_decode_error(mut self, action: Action) -> Self {
