@@ -110,9 +110,10 @@ impl AmqpMessage {
     }
 
     /// Decode the body as JSON into `T`, or reject the message: when it is not the JSON `T`
-    /// expects, mark the message with the route's decode-error action (by default [`Action::Reject`]: dropped, or
-    /// dead-lettered when the queue has a dead-letter exchange), log why, count it in
-    /// `asyncworker_amqp_decode_failures_total{queue}`, and return the error.
+    /// expects, mark the message with the route's decode-error action (by default
+    /// [`Action::Reject`]: dropped, or dead-lettered when the queue has a dead-letter
+    /// exchange), log why, count it in `asyncworker_amqp_decode_failures_total{queue}`, and
+    /// return the error.
     ///
     /// Because a mark beats the handler's error, a handler can simply `?` the result: the
     /// undecodable message is rejected instead of being requeued forever, and the batch's

@@ -161,9 +161,9 @@ impl AmqpSourceBuilder {
         self
     }
 
-    /// The action [`AmqpMessage::json_or_reject`](crate::AmqpMessage::json_or_reject) marks a message with when its body is not the
-    /// expected JSON. Default [`Action::Reject`]: dropped or dead-lettered, never requeued in
-    /// a loop.
+    /// The action [`AmqpMessage::json_or_reject`](crate::AmqpMessage::json_or_reject) marks a
+    /// message with when its body is not the expected JSON. Default [`Action::Reject`]: dropped
+    /// or dead-lettered, never requeued in a loop.
     pub fn on_decode_error(mut self, action: Action) -> Self {
         self.on_decode_error = action;
         self
