@@ -36,8 +36,7 @@ async fn get(connection: &lapin::Connection, queue: &str) -> BasicGetMessage {
 async fn confirmed_publish_arrives_with_its_properties_and_persistent() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-props");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-props").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let shown = format!("{publisher:?}");
     assert!(
@@ -100,8 +99,6 @@ async fn confirmed_publish_arrives_with_its_properties_and_persistent() {
     let got = get(&connection, &queue).await;
     assert_eq!(got.delivery.data, b"light");
     assert_eq!(*got.delivery.properties.delivery_mode(), Some(1));
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
@@ -140,8 +137,7 @@ async fn mandatory_unroutable_message_is_an_error_and_the_publisher_goes_on() {
 
     // A publisher whose default is mandatory; routable messages still go through, and the
     // error belongs to the unroutable one even when they are published concurrently.
-    let queue = unique_name("publish-mandatory");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-mandatory").await;
     let strict = Publisher::builder()
         .mandatory(true)
         .connect(&config())
@@ -159,8 +155,6 @@ async fn mandatory_unroutable_message_is_an_error_and_the_publisher_goes_on() {
         "{unroutable:?}"
     );
     assert_eq!(message_count(&connection, &queue).await, 2);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -173,8 +167,7 @@ struct Count {
 async fn json_round_trip_keeps_empty_object_empty_array_and_zero() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-json");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-json").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
 
     let values = [
@@ -223,16 +216,13 @@ async fn json_round_trip_keeps_empty_object_empty_array_and_zero() {
     let got = get(&connection, &queue).await;
     let decoded: Count = serde_json::from_slice(&got.delivery.data).unwrap();
     assert_eq!(decoded, count);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn missing_exchange_is_exchange_not_found_and_the_next_publish_works() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-after-404");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-after-404").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let exchange = unique_name("no-such-exchange");
 
@@ -251,22 +241,19 @@ async fn missing_exchange_is_exchange_not_found_and_the_next_publish_works() {
         .await
         .expect("published on a fresh channel");
     assert_eq!(message_count(&connection, &queue).await, 1);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn concurrent_publishes_from_clones_are_all_confirmed() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-concurrent");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-concurrent").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
 
     let tasks: Vec<_> = (0..8)
         .map(|task| {
             let publisher = publisher.clone();
-            let queue = queue.clone();
+            let queue = queue.to_string();
             tokio::spawn(async move {
                 for i in 0..50 {
                     publisher
@@ -281,16 +268,13 @@ async fn concurrent_publishes_from_clones_are_all_confirmed() {
         task.await.expect("publishing task");
     }
     assert_eq!(message_count(&connection, &queue).await, 400);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn publisher_reconnects_after_the_broker_closes_its_connection() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-reconnect");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-reconnect").await;
     let name = unique_name("publisher");
     let config = AmqpConfig::builder()
         .url(&amqp_url())
@@ -318,8 +302,6 @@ async fn publisher_reconnects_after_the_broker_closes_its_connection() {
         .await,
         "expected exactly one live publisher connection"
     );
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
@@ -336,8 +318,7 @@ async fn zero_timeout_is_rejected_at_build_time() {
 async fn blocked_connection_gives_a_timeout_error_not_a_hang() {
     let _exclusive = BROKER_ALARM.write().await;
     let connection = connect().await;
-    let queue = unique_name("publish-blocked");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-blocked").await;
     let timeout = Duration::from_millis(1500);
     let publisher = Publisher::builder()
         .timeout(timeout)
@@ -384,16 +365,13 @@ async fn blocked_connection_gives_a_timeout_error_not_a_hang() {
         recovered,
         "publishing did not resume after the alarm cleared"
     );
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn broker_outage_gives_a_timeout_error_and_the_publisher_recovers() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-outage");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-outage").await;
     // The outage is simulated by a proxy between this publisher and the broker, so other
     // tests' connections are not disturbed.
     let proxy = TcpProxy::to_broker().await;
@@ -434,16 +412,13 @@ async fn broker_outage_gives_a_timeout_error_and_the_publisher_recovers() {
     assert!(recovered, "publishing did not resume after the outage");
     // "before" and at least one "after"; the timed-out one may have arrived too.
     assert!(message_count(&connection, &queue).await >= 2);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn severed_connection_is_replaced_by_a_new_one() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-severed");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-severed").await;
     let proxy = TcpProxy::to_broker().await;
     let publisher = Publisher::builder()
         .timeout(Duration::from_secs(2))
@@ -463,8 +438,6 @@ async fn severed_connection_is_replaced_by_a_new_one() {
     .await;
     assert!(recovered, "the publisher never reconnected");
     assert_eq!(proxy.connections_accepted(), 2, "one new connection");
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
@@ -495,8 +468,7 @@ async fn unreachable_broker_is_a_connect_error() {
 async fn publish_all_reports_each_outcome_in_order() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-all");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-all").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let nowhere = unique_name("no-such-queue");
 
@@ -520,16 +492,13 @@ async fn publish_all_reports_each_outcome_in_order() {
         }
     }
     assert_eq!(message_count(&connection, &queue).await, 100);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-tls");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-tls").await;
     let name = unique_name("tls-publisher");
     let config = AmqpConfig::builder()
         .url(&amqps_url())
@@ -567,16 +536,13 @@ async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
         .await
         .expect_err("the broker's certificate is not signed by that CA");
     assert!(matches!(error, PublishError::Connect(_)), "{error:?}");
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn a_cancelled_mandatory_publish_does_not_blame_the_next_one() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-cancelled");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-cancelled").await;
     let proxy = TcpProxy::to_broker().await;
     let publisher = Publisher::builder()
         .mandatory(true)
@@ -606,8 +572,6 @@ async fn a_cancelled_mandatory_publish_does_not_blame_the_next_one() {
         .await
         .expect("a routable message is not reported unroutable");
     assert_eq!(message_count(&connection, &queue).await, 2);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
@@ -622,8 +586,7 @@ async fn publish_outcomes_are_counted() {
     let _local = metrics::set_default_local_recorder(&recorder);
 
     let connection = connect().await;
-    let queue = unique_name("publish-metrics");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-metrics").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     for _ in 0..3 {
         publisher
@@ -653,16 +616,13 @@ async fn publish_outcomes_are_counted() {
     }
     assert_eq!(counts.get("confirmed"), Some(&3), "{counts:?}");
     assert_eq!(counts.get("unroutable"), Some(&1), "{counts:?}");
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn close_ends_publishing_and_the_connection() {
     let _shared = BROKER_ALARM.read().await;
     let connection = connect().await;
-    let queue = unique_name("publish-close");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-close").await;
     let name = unique_name("closing-publisher");
     let config = AmqpConfig::builder()
         .url(&amqp_url())
@@ -692,8 +652,6 @@ async fn close_ends_publishing_and_the_connection() {
         "the publisher's connection is gone from the broker"
     );
     assert_eq!(message_count(&connection, &queue).await, 1);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
