@@ -39,7 +39,8 @@ async fn run_route(source: AmqpSource, options: RouteOptions, expected: usize) -
     let done = wait_until(Duration::from_secs(30), || async {
         batches.lock().unwrap().iter().map(Vec::len).sum::<usize>() >= expected
     })
-    .await;
+    .await
+    .held();
     handle.shutdown();
     let result = tokio::time::timeout(Duration::from_secs(30), run)
         .await

@@ -44,7 +44,8 @@ async fn blocked_and_unblocked_connections_are_counted_and_requeue_tail_survives
             &[("host", &host)],
         ) > blocked_before
     })
-    .await;
+    .await
+    .held();
     drop(alarm);
     assert!(blocked, "the connection.blocked event was not counted");
 

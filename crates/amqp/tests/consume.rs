@@ -48,7 +48,8 @@ async fn assert_counts(conn: &Connection, queue: &str, expected: (u32, u32)) {
         seen.set(Some(now));
         now == expected
     })
-    .await;
+    .await
+    .held();
     assert!(
         settled,
         "{queue}: (ready, consumers) = {:?}, expected {expected:?}",
@@ -150,13 +151,11 @@ async fn rejected_messages_are_dead_lettered_and_mixed_marks_apply() {
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
 
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            counts(&conn, &dlq).await.0 == 1
-        })
-        .await,
-        "timed out after 10 s waiting for: the rejected message reaches the DLQ"
-    );
+    wait_until(Duration::from_secs(10), || async {
+        counts(&conn, &dlq).await.0 == 1
+    })
+    .await
+    .expect("the rejected message reaches the DLQ");
     assert_counts(&conn, &q, (0, 0)).await;
 }
 
@@ -362,10 +361,9 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
     let (mut stream, shutdown, readiness) = start(src, "reconnect");
     let (old, _) = next_message(&mut stream, 10).await;
     assert!(!old.redelivered());
-    assert!(
-        wait_until(Duration::from_secs(5), || async { readiness.get() }).await,
-        "timed out after 5 s waiting for: the route is ready"
-    );
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("the route is ready");
 
     assert_eq!(
         close_connections_named(&name, "closed by an asyncworker test").await,
@@ -417,10 +415,9 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
             &[("queue", &q), ("action", "ack")],
         )
     };
-    assert!(
-        wait_until(Duration::from_secs(5), || async { settled() >= 1 }).await,
-        "timed out after 5 s waiting for: the live ack is counted"
-    );
+    wait_until(Duration::from_secs(5), || async { settled() >= 1 })
+        .await
+        .expect("the live ack is counted");
     assert_eq!(settled(), 1);
 }
 
@@ -466,10 +463,9 @@ async fn a_missing_queue_is_reported_and_retried_while_the_others_are_consumed()
         (missing.as_str(), "late")
     );
     late.settlement().settle(Action::Ack).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || async { readiness.get() }).await,
-        "timed out after 5 s waiting for: ready once every queue is consumed"
-    );
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("ready once every queue is consumed");
     stop(stream, shutdown).await;
     assert_counts(&conn, &present, (0, 0)).await;
     assert_counts(&conn, &missing, (0, 0)).await;
@@ -526,13 +522,11 @@ async fn requeue_tail_goes_behind_the_queue_and_the_cap_dead_letters() {
         copy.settlement().settle(Action::RequeueTail).unwrap();
     }
     // The third RequeueTail exceeds the cap of 2: rejected, so dead-lettered.
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            counts(&conn, &dlq).await.0 == 1
-        })
-        .await,
-        "timed out after 10 s waiting for: the capped message reaches the DLQ"
-    );
+    wait_until(Duration::from_secs(10), || async {
+        counts(&conn, &dlq).await.0 == 1
+    })
+    .await
+    .expect("the capped message reaches the DLQ");
     stop(stream, shutdown).await;
     assert_counts(&conn, &q, (0, 0)).await;
 }
@@ -567,13 +561,11 @@ async fn an_undecodable_body_is_rejected_not_requeued() {
     assert_eq!(again.json_or_reject::<Job>().unwrap().id, 1);
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            counts(&conn, &dlq).await.0 == 1
-        })
-        .await,
-        "timed out after 10 s waiting for: the poison message reaches the DLQ"
-    );
+    wait_until(Duration::from_secs(10), || async {
+        counts(&conn, &dlq).await.0 == 1
+    })
+    .await
+    .expect("the poison message reaches the DLQ");
     assert_counts(&conn, &q, (0, 0)).await;
 }
 
@@ -621,13 +613,11 @@ async fn shutdown_cancels_consumers_but_keeps_channels_until_everything_is_settl
     assert_eq!(held.len(), 5);
     assert!(!readiness.get());
     // The consumer is cancelled, but the channel stays open for the held messages.
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            counts(&conn, &q).await == (15, 0)
-        })
-        .await,
-        "timed out after 5 s waiting for: the consumer is cancelled"
-    );
+    wait_until(Duration::from_secs(5), || async {
+        counts(&conn, &q).await == (15, 0)
+    })
+    .await
+    .expect("the consumer is cancelled");
     for m in &held {
         m.settlement().settle(Action::Ack).unwrap();
     }
@@ -635,15 +625,13 @@ async fn shutdown_cancels_consumers_but_keeps_channels_until_everything_is_settl
     drop(stream);
     // The acks went through on the still-open channel: the five are gone for good (had the
     // channel closed first, they would be back in the queue).
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            queue_info("/", &q)
-                .await
-                .is_some_and(|i| (i.messages_ready, i.messages_unacknowledged) == (15, 0))
-        })
-        .await,
-        "timed out after 5 s waiting for: no unacknowledged message is left"
-    );
+    wait_until(Duration::from_secs(5), || async {
+        queue_info("/", &q)
+            .await
+            .is_some_and(|i| (i.messages_ready, i.messages_unacknowledged) == (15, 0))
+    })
+    .await
+    .expect("no unacknowledged message is left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -718,10 +706,9 @@ async fn a_queue_deleted_while_consumed_is_consumed_again_once_it_is_back() {
     let (mut stream, shutdown, readiness) = start(source(&[&q]), "deleted");
     let (before, _) = next_message(&mut stream, 10).await;
     before.settlement().settle(Action::Ack).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || async { readiness.get() }).await,
-        "timed out after 5 s waiting for: the route is ready"
-    );
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("the route is ready");
 
     delete_queue(&conn, &q).await;
     // The broker cancels the consumer; the source reports it, then the missing queue.
@@ -743,10 +730,9 @@ async fn a_queue_deleted_while_consumed_is_consumed_again_once_it_is_back() {
     let (after, _) = next_message(&mut stream, 15).await;
     assert_eq!(after.text().unwrap(), "after");
     after.settlement().settle(Action::Ack).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || async { readiness.get() }).await,
-        "timed out after 5 s waiting for: ready again"
-    );
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("ready again");
     stop(stream, shutdown).await;
     assert_counts(&conn, &q, (0, 0)).await;
 }
@@ -763,10 +749,9 @@ async fn an_unnamed_connection_is_named_after_its_route() {
             .await
             .is_err()
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || async { readiness.get() }).await,
-        "timed out after 10 s waiting for: the route is ready"
-    );
+    wait_until(Duration::from_secs(10), || async { readiness.get() })
+        .await
+        .expect("the route is ready");
     let seen = connections_named(&format!("asyncworker route {route}")).await;
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].vhost, "/");
@@ -789,22 +774,19 @@ async fn deliveries_of_a_dead_connection_still_in_the_stream_are_not_handed_out(
     let (mut stream, shutdown, _) = start(src, "stale-buffer");
     let (first, _) = next_message(&mut stream, 10).await;
     // The other four are delivered too, and wait in the stream.
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            counts(&conn, &q).await.0 == 0
-        })
-        .await,
-        "timed out after 10 s waiting for: all five are delivered"
-    );
+    wait_until(Duration::from_secs(10), || async {
+        counts(&conn, &q).await.0 == 0
+    })
+    .await
+    .expect("all five are delivered");
 
     assert_eq!(
         close_connections_named(&name, "closed by an asyncworker test").await,
         1
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || async { first.is_stale() }).await,
-        "timed out after 10 s waiting for: the source notices the loss"
-    );
+    wait_until(Duration::from_secs(10), || async { first.is_stale() })
+        .await
+        .expect("the source notices the loss");
 
     // What comes next is the broker's redelivery of all five, not the four stale copies.
     let mut bodies = Vec::new();
@@ -888,25 +870,21 @@ async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() 
         .unwrap();
     let (mut stream, shutdown, readiness) = start(src, "frozen");
     let (old, _) = next_message(&mut stream, 10).await;
-    assert!(
-        wait_until(Duration::from_secs(5), || async { readiness.get() }).await,
-        "timed out after 5 s waiting for: the route is ready"
-    );
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("the route is ready");
 
     // Nothing moves any more: no close frame, no reset. Only the heartbeat can tell.
     proxy.freeze();
-    assert!(
-        wait_until(Duration::from_secs(20), || async { old.is_stale() }).await,
-        "timed out after 20 s waiting for: the loss is noticed"
-    );
+    wait_until(Duration::from_secs(20), || async { old.is_stale() })
+        .await
+        .expect("the loss is noticed");
     assert!(!readiness.get());
-    assert!(
-        wait_until(Duration::from_secs(20), || async {
-            calls.lock().unwrap().len() >= 2
-        })
-        .await,
-        "timed out after 20 s waiting for: reconnect attempts fail while frozen"
-    );
+    wait_until(Duration::from_secs(20), || async {
+        calls.lock().unwrap().len() >= 2
+    })
+    .await
+    .expect("reconnect attempts fail while frozen");
     proxy.resume();
 
     let (again, errors) = next_message(&mut stream, 30).await;
@@ -923,10 +901,9 @@ async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() 
         Err(SettleError::ChannelClosed)
     ));
     again.settlement().settle(Action::Ack).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || async { readiness.get() }).await,
-        "timed out after 5 s waiting for: ready again"
-    );
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("ready again");
     stop(stream, shutdown).await;
     assert_counts(&conn, &q, (0, 0)).await;
 }
@@ -950,10 +927,9 @@ async fn the_prefetch_is_applied_again_after_a_reconnect() {
         close_connections_named(&name, "closed by an asyncworker test").await,
         1
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || async { before[0].is_stale() }).await,
-        "timed out after 10 s waiting for: the loss is noticed"
-    );
+    wait_until(Duration::from_secs(10), || async { before[0].is_stale() })
+        .await
+        .expect("the loss is noticed");
 
     // On the new connection, still only two unsettled deliveries at a time.
     let after = next_messages(&mut stream, 2, 20).await;

@@ -52,6 +52,7 @@ async fn ready_becomes(connection: &lapin::Connection, queue: &str, expected: u3
             == Some(expected)
     })
     .await
+    .held()
 }
 
 #[tokio::test]
@@ -111,11 +112,9 @@ async fn vhost_guard_creates_usable_vhost_and_connections_are_listed_by_name() {
     assert!(!listed[0].ssl);
 
     close_all_connections(vhost.name(), "selftest").await;
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            !connection.status().connected()
-        })
-        .await,
-        "the broker did not close the connection"
-    );
+    wait_until(Duration::from_secs(10), || async {
+        !connection.status().connected()
+    })
+    .await
+    .expect("the broker did not close the connection");
 }

@@ -316,15 +316,18 @@ pub async fn queue_exists(connection: &Connection, name: &str) -> bool {
     queue_counts(connection, name).await.is_ok()
 }
 
-/// Polls `condition` every 25 ms until it holds (`true`) or `timeout` has passed (`false`).
-/// The condition is checked once more at the deadline.
+/// Polls `condition` every 25 ms until it holds or `timeout` has passed; the condition is
+/// checked once more at the deadline. The one polling helper of the tests: say what was
+/// awaited with [`Waited::expect`], or read [`Waited::held`] to clean up before asserting.
 ///
 /// ```ignore
-/// assert!(wait_until(Duration::from_secs(10), || async {
+/// wait_until(Duration::from_secs(10), || async {
 ///     message_count(&conn, &queue).await == 0
-/// }).await, "the queue never drained");
+/// })
+/// .await
+/// .expect("the queue drains");
 /// ```
-pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> Waited
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -332,12 +335,43 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if condition().await {
-            return true;
+            return Waited {
+                held: true,
+                timeout,
+            };
         }
         if Instant::now() >= deadline {
-            return false;
+            return Waited {
+                held: false,
+                timeout,
+            };
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// What [`wait_until`] saw: whether its condition held before the timeout.
+#[derive(Debug, Clone, Copy)]
+#[must_use = "say what was awaited with .expect(..), or check .held()"]
+pub struct Waited {
+    held: bool,
+    timeout: Duration,
+}
+
+impl Waited {
+    /// Whether the condition held in time.
+    pub fn held(self) -> bool {
+        self.held
+    }
+
+    /// Fails the test unless the condition held, saying what was awaited.
+    #[track_caller]
+    pub fn expect(self, what: &str) {
+        assert!(
+            self.held,
+            "timed out after {:?} waiting for: {what}",
+            self.timeout
+        );
     }
 }
 
