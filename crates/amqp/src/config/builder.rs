@@ -7,7 +7,7 @@ use std::time::Duration;
 use asyncworker_core::{Backoff, Error, Jitter};
 use lapin::types::ShortString;
 
-use super::values::{Inner, Secret, Tls};
+use super::values::{Common, Inner, Secret, Tls};
 use super::{AmqpConfig, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PREFETCH};
 use crate::AmqpSettings;
 
@@ -20,22 +20,12 @@ pub struct AmqpConfigBuilder {
     pub(super) tls: bool,
     pub(super) ca_pem: Option<String>,
     pub(super) client: Option<(Vec<u8>, Secret)>,
-    pub(super) host: String,
     pub(super) port: Option<u16>,
-    pub(super) user: String,
-    pub(super) password: Secret,
-    pub(super) vhost: String,
-    pub(super) prefetch: u16,
     pub(super) heartbeat: Duration,
-    pub(super) connection_timeout: Duration,
-    pub(super) connection_name: Option<String>,
-    pub(super) frame_max: Option<u32>,
-    pub(super) channel_max: Option<u16>,
-    pub(super) reconnect: Backoff,
-    pub(super) reconnect_attempts: Option<u32>,
     /// The plain-AMQP port used when none is given (`ASYNCWORKER_AMQP_DEFAULT_PORT`).
     pub(super) default_port: u16,
     pub(super) error: Option<String>,
+    pub(super) common: Common,
 }
 
 impl Default for AmqpConfigBuilder {
@@ -58,13 +48,12 @@ impl AmqpConfigBuilder {
     /// A builder whose defaults (vhost, port, prefetch, heartbeat) come from `settings`
     /// rather than the environment. Values set on the builder or in a URL win over them.
     pub fn with_settings(settings: &AmqpSettings) -> Self {
-        AmqpConfigBuilder {
-            vhost: settings.vhost.clone(),
-            prefetch: settings.prefetch,
-            heartbeat: settings.heartbeat,
-            default_port: settings.port,
-            ..Self::fixed_defaults()
-        }
+        let mut builder = Self::fixed_defaults();
+        builder.common.vhost = settings.vhost.clone();
+        builder.common.prefetch = settings.prefetch;
+        builder.heartbeat = settings.heartbeat;
+        builder.default_port = settings.port;
+        builder
     }
 
     fn fixed_defaults() -> Self {
@@ -72,21 +61,23 @@ impl AmqpConfigBuilder {
             tls: false,
             ca_pem: None,
             client: None,
-            host: "localhost".to_owned(),
             port: None,
-            user: "guest".to_owned(),
-            password: Secret("guest".to_owned()),
-            vhost: "/".to_owned(),
-            prefetch: DEFAULT_PREFETCH,
             heartbeat: DEFAULT_HEARTBEAT,
-            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
-            connection_name: None,
-            frame_max: None,
-            channel_max: None,
-            reconnect: default_reconnect(),
-            reconnect_attempts: None,
             default_port: 5672,
             error: None,
+            common: Common {
+                host: "localhost".to_owned(),
+                user: "guest".to_owned(),
+                password: Secret("guest".to_owned()),
+                vhost: "/".to_owned(),
+                prefetch: DEFAULT_PREFETCH,
+                connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+                connection_name: None,
+                frame_max: None,
+                channel_max: None,
+                reconnect: default_reconnect(),
+                reconnect_attempts: None,
+            },
         }
     }
 }
@@ -95,14 +86,14 @@ impl fmt::Debug for AmqpConfigBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpConfigBuilder")
             .field("tls", &self.tls)
-            .field("host", &self.host)
+            .field("host", &self.common.host)
             .field("port", &self.port)
-            .field("user", &self.user)
-            .field("password", &self.password)
-            .field("vhost", &self.vhost)
-            .field("prefetch", &self.prefetch)
+            .field("user", &self.common.user)
+            .field("password", &self.common.password)
+            .field("vhost", &self.common.vhost)
+            .field("prefetch", &self.common.prefetch)
             .field("heartbeat", &self.heartbeat)
-            .field("connection_name", &self.connection_name)
+            .field("connection_name", &self.common.connection_name)
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +116,7 @@ impl AmqpConfigBuilder {
 
     /// The broker's host name or address (default `localhost`).
     pub fn host(mut self, host: impl Into<String>) -> Self {
-        self.host = host.into();
+        self.common.host = host.into();
         self
     }
 
@@ -137,26 +128,26 @@ impl AmqpConfigBuilder {
 
     /// The user name (default `guest`).
     pub fn user(mut self, user: impl Into<String>) -> Self {
-        self.user = user.into();
+        self.common.user = user.into();
         self
     }
 
     /// The password (default `guest`). Never shown by `Debug`, `Display` or logs.
     pub fn password(mut self, password: impl Into<String>) -> Self {
-        self.password = Secret(password.into());
+        self.common.password = Secret(password.into());
         self
     }
 
     /// The default virtual host (default `/`).
     pub fn vhost(mut self, vhost: impl Into<String>) -> Self {
-        self.vhost = vhost.into();
+        self.common.vhost = vhost.into();
         self
     }
 
     /// The prefetch count per consumer (default 128; 0 is rejected, because in AMQP it means
     /// "unlimited").
     pub fn prefetch(mut self, prefetch: u16) -> Self {
-        self.prefetch = prefetch;
+        self.common.prefetch = prefetch;
         self
     }
 
@@ -169,20 +160,20 @@ impl AmqpConfigBuilder {
 
     /// The timeout of one connection attempt, handshake included (default 10 s).
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
-        self.connection_timeout = timeout;
+        self.common.connection_timeout = timeout;
         self
     }
 
     /// The connection name, sent as the `connection_name` client property.
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
-        self.connection_name = Some(name.into());
+        self.common.connection_name = Some(name.into());
         self
     }
 
     /// The delays between connection attempts (default: 500 ms, doubling, capped at 30 s,
     /// [`Jitter::Proportional(0.5)`](Jitter::Proportional)): see [`Backoff`].
     pub fn reconnect(mut self, backoff: Backoff) -> Self {
-        self.reconnect = backoff;
+        self.common.reconnect = backoff;
         self
     }
 
@@ -190,7 +181,7 @@ impl AmqpConfigBuilder {
     /// then yields [`AmqpError::GaveUp`](crate::AmqpError::GaveUp) and ends its stream, which
     /// ends the route. By default a source retries forever.
     pub fn max_reconnect_attempts(mut self, attempts: u32) -> Self {
-        self.reconnect_attempts = Some(attempts);
+        self.common.reconnect_attempts = Some(attempts);
         self
     }
 
@@ -272,10 +263,10 @@ impl AmqpConfigBuilder {
         if let Some(error) = self.error {
             return Err(Error::Config(error));
         }
-        if self.host.trim().is_empty() {
+        if self.common.host.trim().is_empty() {
             return Err(Error::config("the AMQP host must not be empty"));
         }
-        if self.prefetch == 0 {
+        if self.common.prefetch == 0 {
             return Err(Error::config(
                 "prefetch must be at least 1 (a prefetch of 0 means \"unlimited\" in AMQP, which \
                  would let the broker push a whole queue into the worker)",
@@ -295,19 +286,19 @@ impl AmqpConfigBuilder {
                 self.heartbeat
             ))
         })?;
-        if self.connection_timeout.is_zero() {
+        if self.common.connection_timeout.is_zero() {
             return Err(Error::config(
                 "connection_timeout must be greater than zero",
             ));
         }
-        check_short_string("vhost", &self.vhost)?;
-        check_short_string("user name", &self.user)?;
-        if let Some(name) = &self.connection_name
+        check_short_string("vhost", &self.common.vhost)?;
+        check_short_string("user name", &self.common.user)?;
+        if let Some(name) = &self.common.connection_name
             && name.is_empty()
         {
             return Err(Error::config("the connection name must not be empty"));
         }
-        if self.reconnect_attempts == Some(0) {
+        if self.common.reconnect_attempts == Some(0) {
             return Err(Error::config(
                 "max_reconnect_attempts must be at least 1 (leave it unset to retry forever)",
             ));
@@ -348,19 +339,12 @@ impl AmqpConfigBuilder {
         Ok(AmqpConfig {
             inner: Arc::new(Inner {
                 tls,
-                host: self.host.trim().to_owned(),
                 port,
-                user: self.user,
-                password: self.password,
-                vhost: self.vhost,
-                prefetch: self.prefetch,
                 heartbeat,
-                connection_timeout: self.connection_timeout,
-                connection_name: self.connection_name,
-                frame_max: self.frame_max,
-                channel_max: self.channel_max,
-                reconnect: self.reconnect,
-                reconnect_attempts: self.reconnect_attempts,
+                common: Common {
+                    host: self.common.host.trim().to_owned(),
+                    ..self.common
+                },
             }),
         })
     }

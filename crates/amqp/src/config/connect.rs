@@ -47,19 +47,19 @@ impl AmqpConfig {
             },
             authority: AMQPAuthority {
                 userinfo: AMQPUserInfo {
-                    username: inner.user.clone(),
-                    password: inner.password.0.clone(),
+                    username: inner.common.user.clone(),
+                    password: inner.common.password.0.clone(),
                 },
-                host: inner.host.clone(),
+                host: inner.common.host.clone(),
                 port: inner.port,
             },
             vhost: vhost.to_owned(),
             query: AMQPQueryString {
-                frame_max: inner.frame_max,
-                channel_max: inner.channel_max,
+                frame_max: inner.common.frame_max,
+                channel_max: inner.common.channel_max,
                 heartbeat: Some(inner.heartbeat),
                 connection_timeout: Some(
-                    u64::try_from(inner.connection_timeout.as_millis()).unwrap_or(u64::MAX),
+                    u64::try_from(inner.common.connection_timeout.as_millis()).unwrap_or(u64::MAX),
                 ),
                 auth_mechanism: None,
             },
@@ -68,7 +68,7 @@ impl AmqpConfig {
             "product".into(),
             LongString::from(concat!("asyncworker-amqp ", env!("CARGO_PKG_VERSION"))),
         );
-        if let Some(name) = &inner.connection_name {
+        if let Some(name) = &inner.common.connection_name {
             props = props.with_connection_name(LongString::from(name.as_str()));
         }
         let tls = match &inner.tls {
@@ -84,13 +84,13 @@ impl AmqpConfig {
         // The connection timeout in the URI covers the TCP connect only: bound the whole
         // handshake too, so a broker that accepts and then stalls cannot hang a worker.
         let connect = Connection::connect_uri_with_config(uri, props, tls, runtime);
-        match tokio::time::timeout(inner.connection_timeout, connect).await {
+        match tokio::time::timeout(inner.common.connection_timeout, connect).await {
             Ok(result) => result.map_err(fail),
             Err(_) => Err(fail(lapin::Error::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!(
                     "the connection was not established within {:?}",
-                    inner.connection_timeout
+                    inner.common.connection_timeout
                 ),
             )))),
         }

@@ -29,13 +29,13 @@ impl AmqpConfigBuilder {
         if host.is_empty() {
             return Err("the AMQP URL has no host".to_owned());
         }
-        self.host = host;
+        self.common.host = host;
         self.port = url.port();
         if !url.username().is_empty() {
-            self.user = percent_decode(url.username(), "user name")?;
+            self.common.user = percent_decode(url.username(), "user name")?;
         }
         if let Some(password) = url.password() {
-            self.password = Secret(percent_decode(password, "password")?);
+            self.common.password = Secret(percent_decode(password, "password")?);
         }
         // RabbitMQ's URI spec: no path → the default vhost (ours: ASYNCWORKER_AMQP_DEFAULT_VHOST,
         // else "/"), so the builder's vhost stays; otherwise the one path segment,
@@ -50,7 +50,7 @@ impl AmqpConfigBuilder {
                         .to_owned(),
                 );
             }
-            self.vhost = percent_decode(segment, "vhost")?;
+            self.common.vhost = percent_decode(segment, "vhost")?;
         }
         for (key, value) in url.query_pairs() {
             let int = |what: &str| -> Result<u64, String> {
@@ -61,21 +61,22 @@ impl AmqpConfigBuilder {
             match &*key {
                 "heartbeat" => self.heartbeat = Duration::from_secs(int("heartbeat")?),
                 "connection_timeout" => {
-                    self.connection_timeout = Duration::from_millis(int("connection_timeout")?);
+                    self.common.connection_timeout =
+                        Duration::from_millis(int("connection_timeout")?);
                 }
                 "prefetch" | "prefetch_count" => {
-                    self.prefetch = u16::try_from(int("prefetch")?)
+                    self.common.prefetch = u16::try_from(int("prefetch")?)
                         .map_err(|_| format!("prefetch must be at most {}", u16::MAX))?;
                 }
-                "connection_name" => self.connection_name = Some(value.into_owned()),
+                "connection_name" => self.common.connection_name = Some(value.into_owned()),
                 "frame_max" => {
-                    self.frame_max = Some(
+                    self.common.frame_max = Some(
                         u32::try_from(int("frame_max")?)
                             .map_err(|_| "frame_max is too large".to_owned())?,
                     );
                 }
                 "channel_max" => {
-                    self.channel_max = Some(
+                    self.common.channel_max = Some(
                         u16::try_from(int("channel_max")?)
                             .map_err(|_| "channel_max is too large".to_owned())?,
                     );
@@ -142,7 +143,7 @@ mod tests {
         .unwrap();
         assert!(c.tls());
         assert_eq!(c.user(), "us@er");
-        assert_eq!(c.inner.password.0, "p:ss");
+        assert_eq!(c.inner.common.password.0, "p:ss");
         assert_eq!(c.host(), "broker.example");
         assert_eq!(c.port(), 1234);
         assert_eq!(c.vhost(), "my/vhost");

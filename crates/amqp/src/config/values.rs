@@ -37,22 +37,29 @@ impl fmt::Debug for Tls {
     }
 }
 
+/// The values the builder passes through to the configuration as they are.
 #[derive(Clone, PartialEq)]
-pub(super) struct Inner {
-    pub(super) tls: Option<Tls>,
+pub(super) struct Common {
     pub(super) host: String,
-    pub(super) port: u16,
     pub(super) user: String,
     pub(super) password: Secret,
     pub(super) vhost: String,
     pub(super) prefetch: u16,
-    pub(super) heartbeat: u16,
     pub(super) connection_timeout: Duration,
     pub(super) connection_name: Option<String>,
     pub(super) frame_max: Option<u32>,
     pub(super) channel_max: Option<u16>,
     pub(super) reconnect: Backoff,
     pub(super) reconnect_attempts: Option<u32>,
+}
+
+/// A checked configuration: the builder's values, TLS settled, the port and heartbeat chosen.
+#[derive(Clone, PartialEq)]
+pub(super) struct Inner {
+    pub(super) tls: Option<Tls>,
+    pub(super) port: u16,
+    pub(super) heartbeat: u16,
+    pub(super) common: Common,
 }
 
 /// How to reach a RabbitMQ broker: host, port, credentials, default virtual host, prefetch,
@@ -119,7 +126,7 @@ impl AmqpConfig {
 
     /// The broker's host name or address.
     pub fn host(&self) -> &str {
-        &self.inner.host
+        &self.inner.common.host
     }
 
     /// The broker's port.
@@ -129,17 +136,17 @@ impl AmqpConfig {
 
     /// The user name.
     pub fn user(&self) -> &str {
-        &self.inner.user
+        &self.inner.common.user
     }
 
     /// The default virtual host (a route may consume from another).
     pub fn vhost(&self) -> &str {
-        &self.inner.vhost
+        &self.inner.common.vhost
     }
 
     /// The prefetch count applied with `basic.qos` to each consumer.
     pub fn prefetch(&self) -> u16 {
-        self.inner.prefetch
+        self.inner.common.prefetch
     }
 
     /// The heartbeat interval proposed to the broker (the broker may lower it).
@@ -149,13 +156,13 @@ impl AmqpConfig {
 
     /// The timeout of one connection attempt.
     pub fn connection_timeout(&self) -> Duration {
-        self.inner.connection_timeout
+        self.inner.common.connection_timeout
     }
 
     /// The connection name sent to the broker as a client property (shown by
     /// `rabbitmqctl list_connections client_properties` and the management UI).
     pub fn connection_name(&self) -> Option<&str> {
-        self.inner.connection_name.as_deref()
+        self.inner.common.connection_name.as_deref()
     }
 
     /// Whether the connection uses TLS.
@@ -165,21 +172,21 @@ impl AmqpConfig {
 
     /// The reconnect policy.
     pub fn reconnect(&self) -> &Backoff {
-        &self.inner.reconnect
+        &self.inner.common.reconnect
     }
 
     /// How many failed connection attempts in a row a source makes before it gives up
     /// ([`AmqpError::GaveUp`](crate::AmqpError::GaveUp)); `None`: it never gives up.
     pub fn max_reconnect_attempts(&self) -> Option<u32> {
-        self.inner.reconnect_attempts
+        self.inner.common.reconnect_attempts
     }
 
     /// The endpoint for `vhost`, as errors and logs name it.
     pub fn endpoint(&self, vhost: &str) -> Endpoint {
         Endpoint {
             tls: self.tls(),
-            user: self.inner.user.as_str().into(),
-            host: self.inner.host.as_str().into(),
+            user: self.inner.common.user.as_str().into(),
+            host: self.inner.common.host.as_str().into(),
             port: self.inner.port,
             vhost: vhost.into(),
         }
@@ -187,11 +194,11 @@ impl AmqpConfig {
 
     /// A copy with `name` as the connection name when none is set.
     pub(crate) fn named_if_unnamed(&self, name: &str) -> AmqpConfig {
-        if self.inner.connection_name.is_some() {
+        if self.inner.common.connection_name.is_some() {
             return self.clone();
         }
         let mut inner = (*self.inner).clone();
-        inner.connection_name = Some(name.to_owned());
+        inner.common.connection_name = Some(name.to_owned());
         AmqpConfig {
             inner: Arc::new(inner),
         }
@@ -202,17 +209,17 @@ impl fmt::Debug for AmqpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &*self.inner;
         f.debug_struct("AmqpConfig")
-            .field("host", &i.host)
+            .field("host", &i.common.host)
             .field("port", &i.port)
-            .field("user", &i.user)
-            .field("password", &i.password)
-            .field("vhost", &i.vhost)
-            .field("prefetch", &i.prefetch)
+            .field("user", &i.common.user)
+            .field("password", &i.common.password)
+            .field("vhost", &i.common.vhost)
+            .field("prefetch", &i.common.prefetch)
             .field("heartbeat", &self.heartbeat())
-            .field("connection_timeout", &i.connection_timeout)
-            .field("connection_name", &i.connection_name)
+            .field("connection_timeout", &i.common.connection_timeout)
+            .field("connection_name", &i.common.connection_name)
             .field("tls", &i.tls)
-            .field("reconnect", &i.reconnect)
+            .field("reconnect", &i.common.reconnect)
             .finish_non_exhaustive()
     }
 }

@@ -147,6 +147,20 @@ impl OutgoingMessage {
         }
     }
 
+    /// Sets a short-string property with `set`, or marks the message invalid when `value`
+    /// does not fit (see [`OutgoingMessage::short`]).
+    fn short_property(
+        mut self,
+        field: &'static str,
+        value: String,
+        set: fn(BasicProperties, ShortString) -> BasicProperties,
+    ) -> Self {
+        if let Some(value) = self.short(field, value) {
+            self.properties = set(self.properties, value);
+        }
+        self
+    }
+
     /// The exchange and routing key as AMQP short strings.
     ///
     /// # Errors
@@ -167,43 +181,44 @@ impl OutgoingMessage {
     }
 
     /// The content type (set by [`OutgoingMessage::json`] and [`OutgoingMessage::text`]).
-    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
-        if let Some(value) = self.short("content type", content_type.into()) {
-            self.properties = self.properties.with_content_type(value);
-        }
-        self
+    pub fn content_type(self, content_type: impl Into<String>) -> Self {
+        self.short_property(
+            "content type",
+            content_type.into(),
+            BasicProperties::with_content_type,
+        )
     }
 
     /// The content encoding (`gzip`, …).
-    pub fn content_encoding(mut self, encoding: impl Into<String>) -> Self {
-        if let Some(value) = self.short("content encoding", encoding.into()) {
-            self.properties = self.properties.with_content_encoding(value);
-        }
-        self
+    pub fn content_encoding(self, encoding: impl Into<String>) -> Self {
+        self.short_property(
+            "content encoding",
+            encoding.into(),
+            BasicProperties::with_content_encoding,
+        )
     }
 
     /// The correlation id.
-    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
-        if let Some(value) = self.short("correlation id", id.into()) {
-            self.properties = self.properties.with_correlation_id(value);
-        }
-        self
+    pub fn correlation_id(self, id: impl Into<String>) -> Self {
+        self.short_property(
+            "correlation id",
+            id.into(),
+            BasicProperties::with_correlation_id,
+        )
     }
 
     /// The message id.
-    pub fn message_id(mut self, id: impl Into<String>) -> Self {
-        if let Some(value) = self.short("message id", id.into()) {
-            self.properties = self.properties.with_message_id(value);
-        }
-        self
+    pub fn message_id(self, id: impl Into<String>) -> Self {
+        self.short_property("message id", id.into(), BasicProperties::with_message_id)
     }
 
     /// The queue replies should go to.
-    pub fn reply_to(mut self, queue: impl Into<String>) -> Self {
-        if let Some(value) = self.short("reply-to queue", queue.into()) {
-            self.properties = self.properties.with_reply_to(value);
-        }
-        self
+    pub fn reply_to(self, queue: impl Into<String>) -> Self {
+        self.short_property(
+            "reply-to queue",
+            queue.into(),
+            BasicProperties::with_reply_to,
+        )
     }
 
     /// A per-message time to live: the broker drops (or dead-letters) the message when it has
@@ -231,27 +246,18 @@ impl OutgoingMessage {
     }
 
     /// The message type (AMQP's `type` property).
-    pub fn kind(mut self, kind: impl Into<String>) -> Self {
-        if let Some(value) = self.short("type", kind.into()) {
-            self.properties = self.properties.with_type(value);
-        }
-        self
+    pub fn kind(self, kind: impl Into<String>) -> Self {
+        self.short_property("type", kind.into(), BasicProperties::with_type)
     }
 
     /// The application id.
-    pub fn app_id(mut self, app_id: impl Into<String>) -> Self {
-        if let Some(value) = self.short("app id", app_id.into()) {
-            self.properties = self.properties.with_app_id(value);
-        }
-        self
+    pub fn app_id(self, app_id: impl Into<String>) -> Self {
+        self.short_property("app id", app_id.into(), BasicProperties::with_app_id)
     }
 
     /// The user id; RabbitMQ rejects a message whose user id is not the connection's user.
-    pub fn user_id(mut self, user_id: impl Into<String>) -> Self {
-        if let Some(value) = self.short("user id", user_id.into()) {
-            self.properties = self.properties.with_user_id(value);
-        }
-        self
+    pub fn user_id(self, user_id: impl Into<String>) -> Self {
+        self.short_property("user id", user_id.into(), BasicProperties::with_user_id)
     }
 
     /// Replaces every property with `properties` (an escape hatch to lapin). Headers added with

@@ -1,6 +1,5 @@
 //! [`AmqpSource`] and [`AmqpSourceBuilder`]: a route's queues, vhost and policies.
 
-use std::fmt;
 use std::sync::Arc;
 
 use asyncworker_core::{Action, Error};
@@ -78,6 +77,7 @@ use crate::error::AmqpError;
 /// [`Backoff`]: asyncworker_core::Backoff
 /// [`on_connection_error`]: AmqpSourceBuilder::on_connection_error
 /// [`SettleError::ChannelClosed`]: asyncworker_core::SettleError::ChannelClosed
+#[derive(Debug)]
 pub struct AmqpSource {
     pub(super) config: AmqpConfig,
     pub(super) vhost: String,
@@ -120,20 +120,8 @@ impl AmqpSource {
     }
 }
 
-impl fmt::Debug for AmqpSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpSource")
-            .field("config", &self.config)
-            .field("vhost", &self.vhost)
-            .field("queues", &self.queues)
-            .field("on_decode_error", &self.on_decode_error)
-            .field("requeue_tail_cap", &self.requeue_tail_cap)
-            .field("on_connection_error", &self.on_connection_error.is_some())
-            .finish()
-    }
-}
-
 /// Builds an [`AmqpSource`]; checks happen in [`AmqpSourceBuilder::build`].
+#[derive(Debug)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct AmqpSourceBuilder {
     config: AmqpConfig,
@@ -142,16 +130,6 @@ pub struct AmqpSourceBuilder {
     on_decode_error: Action,
     requeue_tail_cap: Option<u64>,
     on_connection_error: Option<Callback>,
-}
-
-impl fmt::Debug for AmqpSourceBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpSourceBuilder")
-            .field("config", &self.config)
-            .field("vhost", &self.vhost)
-            .field("queues", &self.queues)
-            .finish_non_exhaustive()
-    }
 }
 
 impl AmqpSourceBuilder {
@@ -186,7 +164,7 @@ impl AmqpSourceBuilder {
     where
         F: Fn(&AmqpError, u32) + Send + Sync + 'static,
     {
-        self.on_connection_error = Some(Arc::new(callback));
+        self.on_connection_error = Some(Callback(Arc::new(callback)));
         self
     }
 

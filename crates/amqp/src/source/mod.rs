@@ -15,4 +15,12 @@ pub use stream::AmqpStream;
 
 use crate::AmqpError;
 
-type Callback = Arc<dyn Fn(&AmqpError, u32) + Send + Sync>;
+/// The `on_connection_error` callback; `Debug` without showing the closure.
+#[derive(Clone)]
+struct Callback(Arc<dyn Fn(&AmqpError, u32) + Send + Sync>);
+
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fn(&AmqpError, u32)")
+    }
+}

@@ -105,7 +105,7 @@ impl Supervisor {
                     )
                     .increment(1);
                     if let Some(callback) = &self.callback {
-                        callback(&error, attempt);
+                        (callback.0)(&error, attempt);
                     }
                     let next = attempt.saturating_add(1);
                     if self.shared.max_attempts.is_some_and(|max| next > max) {
