@@ -84,17 +84,11 @@ impl AmqpConfigBuilder {
 
 impl fmt::Debug for AmqpConfigBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpConfigBuilder")
-            .field("tls", &self.tls)
-            .field("host", &self.common.host)
+        let mut d = f.debug_struct("AmqpConfigBuilder");
+        d.field("tls", &self.tls)
             .field("port", &self.port)
-            .field("user", &self.common.user)
-            .field("password", &self.common.password)
-            .field("vhost", &self.common.vhost)
-            .field("prefetch", &self.common.prefetch)
-            .field("heartbeat", &self.heartbeat)
-            .field("connection_name", &self.common.connection_name)
-            .finish_non_exhaustive()
+            .field("heartbeat", &self.heartbeat);
+        self.common.debug_fields(&mut d).finish_non_exhaustive()
     }
 }
 

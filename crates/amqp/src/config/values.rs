@@ -53,6 +53,23 @@ pub(super) struct Common {
     pub(super) reconnect_attempts: Option<u32>,
 }
 
+impl Common {
+    /// Adds the fields worth showing (the password redacted) to a `Debug` rendering.
+    pub(super) fn debug_fields<'d, 'a, 'b>(
+        &self,
+        d: &'d mut fmt::DebugStruct<'a, 'b>,
+    ) -> &'d mut fmt::DebugStruct<'a, 'b> {
+        d.field("host", &self.host)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("vhost", &self.vhost)
+            .field("prefetch", &self.prefetch)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("connection_name", &self.connection_name)
+            .field("reconnect", &self.reconnect)
+    }
+}
+
 /// A checked configuration: the builder's values, TLS settled, the port and heartbeat chosen.
 #[derive(Clone, PartialEq)]
 pub(super) struct Inner {
@@ -207,19 +224,13 @@ impl AmqpConfig {
 
 impl fmt::Debug for AmqpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let i = &*self.inner;
-        f.debug_struct("AmqpConfig")
-            .field("host", &i.common.host)
-            .field("port", &i.port)
-            .field("user", &i.common.user)
-            .field("password", &i.common.password)
-            .field("vhost", &i.common.vhost)
-            .field("prefetch", &i.common.prefetch)
-            .field("heartbeat", &self.heartbeat())
-            .field("connection_timeout", &i.common.connection_timeout)
-            .field("connection_name", &i.common.connection_name)
-            .field("tls", &i.tls)
-            .field("reconnect", &i.common.reconnect)
+        let mut d = f.debug_struct("AmqpConfig");
+        d.field("tls", &self.inner.tls)
+            .field("port", &self.inner.port)
+            .field("heartbeat", &self.heartbeat());
+        self.inner
+            .common
+            .debug_fields(&mut d)
             .finish_non_exhaustive()
     }
 }
