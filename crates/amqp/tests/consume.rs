@@ -57,6 +57,15 @@ async fn assert_counts(conn: &Connection, queue: &str, expected: (u32, u32)) {
     );
 }
 
+/// Shut the source down, wait for its stream to end, and assert that every queue of
+/// `queues` is left empty, with no consumer.
+async fn stop_drained(stream: AmqpStream, shutdown: Shutdown, conn: &Connection, queues: &[&str]) {
+    stop(stream, shutdown).await;
+    for queue in queues {
+        assert_counts(conn, queue, (0, 0)).await;
+    }
+}
+
 /// Shut the source down and wait for its stream to end; returns messages still handed out.
 async fn stop(mut stream: AmqpStream, shutdown: Shutdown) {
     shutdown.trigger();
@@ -117,8 +126,7 @@ async fn requeued_message_comes_back_redelivered() {
         "a requeued message carries the redelivered flag"
     );
     second.settlement().settle(Action::Ack).unwrap();
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,11 +159,7 @@ async fn rejected_messages_are_dead_lettered_and_mixed_marks_apply() {
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
 
-    wait_until(Duration::from_secs(10), || async {
-        counts(&conn, &dlq).await.0 == 1
-    })
-    .await
-    .expect("the rejected message reaches the DLQ");
+    assert_counts(&conn, &dlq, (1, 0)).await;
     assert_counts(&conn, &q, (0, 0)).await;
 }
 
@@ -179,9 +183,7 @@ async fn one_route_consumes_two_queues() {
         m.settlement().settle(Action::Ack).unwrap();
     }
     assert!(readiness.get());
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q1, (0, 0)).await;
-    assert_counts(&conn, &q2, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q1, &q2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,8 +202,7 @@ async fn a_route_consumes_on_a_non_default_vhost() {
     let (msg, _) = next_message(&mut stream, 10).await;
     assert_eq!(msg.text().unwrap(), "in a vhost");
     msg.settlement().settle(Action::Ack).unwrap();
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,9 +467,7 @@ async fn a_missing_queue_is_reported_and_retried_while_the_others_are_consumed()
     wait_until(Duration::from_secs(5), || async { readiness.get() })
         .await
         .expect("ready once every queue is consumed");
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &present, (0, 0)).await;
-    assert_counts(&conn, &missing, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&present, &missing]).await;
     delete_queue(&conn, &missing).await;
 }
 
@@ -522,13 +521,8 @@ async fn requeue_tail_goes_behind_the_queue_and_the_cap_dead_letters() {
         copy.settlement().settle(Action::RequeueTail).unwrap();
     }
     // The third RequeueTail exceeds the cap of 2: rejected, so dead-lettered.
-    wait_until(Duration::from_secs(10), || async {
-        counts(&conn, &dlq).await.0 == 1
-    })
-    .await
-    .expect("the capped message reaches the DLQ");
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    assert_counts(&conn, &dlq, (1, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,11 +555,7 @@ async fn an_undecodable_body_is_rejected_not_requeued() {
     assert_eq!(again.json_or_reject::<Job>().unwrap().id, 1);
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    wait_until(Duration::from_secs(10), || async {
-        counts(&conn, &dlq).await.0 == 1
-    })
-    .await
-    .expect("the poison message reaches the DLQ");
+    assert_counts(&conn, &dlq, (1, 0)).await;
     assert_counts(&conn, &q, (0, 0)).await;
 }
 
@@ -592,8 +582,7 @@ async fn the_prefetch_bounds_unsettled_deliveries() {
         let (m, _) = next_message(&mut stream, 10).await;
         m.settlement().settle(Action::Ack).unwrap();
     }
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,8 +635,7 @@ async fn unsettled_messages_dropped_by_the_handler_are_requeued() {
     let (again, _) = next_message(&mut stream, 10).await;
     assert!(again.redelivered());
     again.settlement().settle(Action::Ack).unwrap();
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,8 +673,7 @@ async fn consumes_over_tls_with_verification() {
     let subject = seen[0].peer_cert_subject.as_deref().unwrap_or_default();
     assert!(subject.contains("asyncworker-test-client"), "{seen:?}");
     msg.settlement().settle(Action::Ack).unwrap();
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 
     // Verification is on: without the test CA the broker's certificate is not trusted.
     let untrusted = AmqpConfig::from_url(&amqps_url())
@@ -733,8 +720,7 @@ async fn a_queue_deleted_while_consumed_is_consumed_again_once_it_is_back() {
     wait_until(Duration::from_secs(5), || async { readiness.get() })
         .await
         .expect("ready again");
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -805,8 +791,7 @@ async fn deliveries_of_a_dead_connection_still_in_the_stream_are_not_handed_out(
         first.settlement().settle(Action::Ack),
         Err(SettleError::ChannelClosed)
     ));
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -838,8 +823,7 @@ async fn coalesced_acks_never_cover_an_unsettled_delivery() {
         assert!(m.redelivered());
         m.settlement().settle(Action::Ack).unwrap();
     }
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -904,8 +888,7 @@ async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() 
     wait_until(Duration::from_secs(5), || async { readiness.get() })
         .await
         .expect("ready again");
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -943,8 +926,7 @@ async fn the_prefetch_is_applied_again_after_a_reconnect() {
         m.settlement().settle(Action::Ack).unwrap();
     }
     drop(before);
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

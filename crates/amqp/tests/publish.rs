@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use asyncworker_amqp::lapin::message::BasicGetMessage;
 use asyncworker_amqp::lapin::options::BasicGetOptions;
 use asyncworker_amqp::lapin::types::{AMQPValue, LongString};
-use asyncworker_amqp::{AmqpConfig, OutgoingMessage, PublishError, Publisher};
+use asyncworker_amqp::{AmqpConfig, AmqpConfigBuilder, OutgoingMessage, PublishError, Publisher};
 use serde::{Deserialize, Serialize};
 use support::*;
 use tokio::sync::RwLock;
@@ -18,6 +18,31 @@ static BROKER_ALARM: RwLock<()> = RwLock::const_new(());
 
 fn config() -> AmqpConfig {
     AmqpConfig::from_url(&amqp_url()).expect("the test broker URL is valid")
+}
+
+/// What most tests start with: a shared hold on [`BROKER_ALARM`], a connection to the test
+/// broker, and a queue of their own named after `name`.
+async fn setup(
+    name: &str,
+) -> (
+    tokio::sync::RwLockReadGuard<'static, ()>,
+    lapin::Connection,
+    TestQueue,
+) {
+    let shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = TestQueue::declare(&connection, name).await;
+    (shared, connection, queue)
+}
+
+/// A unique connection name made from `name`, and a configuration builder on `url` that
+/// gives it to the broker (so `rabbitmqctl` can find the connection).
+fn named(url: &str, name: &str) -> (String, AmqpConfigBuilder) {
+    let name = unique_name(name);
+    let config = AmqpConfig::builder()
+        .url(url)
+        .connection_name(name.as_str());
+    (name, config)
 }
 
 /// Takes the next message of `queue` (`basic.get`, auto-ack).
@@ -34,9 +59,7 @@ async fn get(connection: &lapin::Connection, queue: &str) -> BasicGetMessage {
 
 #[tokio::test]
 async fn confirmed_publish_arrives_with_its_properties_and_persistent() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-props").await;
+    let (_shared, connection, queue) = setup("publish-props").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let shown = format!("{publisher:?}");
     assert!(
@@ -165,9 +188,7 @@ struct Count {
 
 #[tokio::test]
 async fn json_round_trip_keeps_empty_object_empty_array_and_zero() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-json").await;
+    let (_shared, connection, queue) = setup("publish-json").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
 
     let values = [
@@ -220,9 +241,7 @@ async fn json_round_trip_keeps_empty_object_empty_array_and_zero() {
 
 #[tokio::test]
 async fn missing_exchange_is_exchange_not_found_and_the_next_publish_works() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-after-404").await;
+    let (_shared, connection, queue) = setup("publish-after-404").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let exchange = unique_name("no-such-exchange");
 
@@ -245,9 +264,7 @@ async fn missing_exchange_is_exchange_not_found_and_the_next_publish_works() {
 
 #[tokio::test]
 async fn concurrent_publishes_from_clones_are_all_confirmed() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-concurrent").await;
+    let (_shared, connection, queue) = setup("publish-concurrent").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
 
     let tasks: Vec<_> = (0..8)
@@ -272,15 +289,9 @@ async fn concurrent_publishes_from_clones_are_all_confirmed() {
 
 #[tokio::test]
 async fn publisher_reconnects_after_the_broker_closes_its_connection() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-reconnect").await;
-    let name = unique_name("publisher");
-    let config = AmqpConfig::builder()
-        .url(&amqp_url())
-        .connection_name(name.as_str())
-        .build()
-        .expect("config");
+    let (_shared, _connection, queue) = setup("publish-reconnect").await;
+    let (name, config) = named(&amqp_url(), "publisher");
+    let config = config.build().expect("config");
     let publisher = Publisher::connect(&config).await.expect("publisher");
     publisher
         .publish_bytes("", &queue, "before")
@@ -364,9 +375,7 @@ async fn blocked_connection_gives_a_timeout_error_not_a_hang() {
 
 #[tokio::test]
 async fn broker_outage_gives_a_timeout_error_and_the_publisher_recovers() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-outage").await;
+    let (_shared, connection, queue) = setup("publish-outage").await;
     // The outage is simulated by a proxy between this publisher and the broker, so other
     // tests' connections are not disturbed.
     let proxy = TcpProxy::to_broker().await;
@@ -411,9 +420,7 @@ async fn broker_outage_gives_a_timeout_error_and_the_publisher_recovers() {
 
 #[tokio::test]
 async fn severed_connection_is_replaced_by_a_new_one() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-severed").await;
+    let (_shared, _connection, queue) = setup("publish-severed").await;
     let proxy = TcpProxy::to_broker().await;
     let publisher = Publisher::builder()
         .timeout(Duration::from_secs(2))
@@ -461,9 +468,7 @@ async fn unreachable_broker_is_a_connect_error() {
 
 #[tokio::test]
 async fn publish_all_reports_each_outcome_in_order() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-all").await;
+    let (_shared, connection, queue) = setup("publish-all").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let nowhere = unique_name("no-such-queue");
 
@@ -491,13 +496,9 @@ async fn publish_all_reports_each_outcome_in_order() {
 
 #[tokio::test]
 async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-tls").await;
-    let name = unique_name("tls-publisher");
-    let config = AmqpConfig::builder()
-        .url(&amqps_url())
-        .connection_name(name.as_str())
+    let (_shared, connection, queue) = setup("publish-tls").await;
+    let (name, config) = named(&amqps_url(), "tls-publisher");
+    let config = config
         .tls_ca_file(tls_ca_cert())
         .tls_client_cert_files(tls_client_cert(), tls_client_key())
         .build()
@@ -535,9 +536,7 @@ async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
 
 #[tokio::test]
 async fn a_cancelled_mandatory_publish_does_not_blame_the_next_one() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-cancelled").await;
+    let (_shared, connection, queue) = setup("publish-cancelled").await;
     let proxy = TcpProxy::to_broker().await;
     let publisher = Publisher::builder()
         .mandatory(true)
@@ -615,15 +614,9 @@ async fn publish_outcomes_are_counted() {
 
 #[tokio::test]
 async fn close_ends_publishing_and_the_connection() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = TestQueue::declare(&connection, "publish-close").await;
-    let name = unique_name("closing-publisher");
-    let config = AmqpConfig::builder()
-        .url(&amqp_url())
-        .connection_name(name.as_str())
-        .build()
-        .expect("config");
+    let (_shared, connection, queue) = setup("publish-close").await;
+    let (name, config) = named(&amqp_url(), "closing-publisher");
+    let config = config.build().expect("config");
     let publisher = Publisher::connect(&config).await.expect("publisher");
     let clone = publisher.clone();
     publisher
