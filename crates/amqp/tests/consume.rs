@@ -82,11 +82,8 @@ async fn acked_messages_leave_the_queue() {
     let (mut stream, shutdown, readiness) = start(source(&[&q]), "ack");
     let msgs = next_messages(&mut stream, 50, 10).await;
     assert!(readiness.get(), "a consuming route is ready");
-    let mut bodies: Vec<_> = msgs.iter().map(|m| m.text().unwrap().to_owned()).collect();
-    bodies.sort();
-    let mut expected: Vec<_> = (0..50).map(|i| format!("message-{i}")).collect();
-    expected.sort();
-    assert_eq!(bodies, expected);
+    let bodies: Vec<_> = msgs.iter().map(|m| m.text().unwrap().to_owned()).collect();
+    assert_published_n(bodies, 50);
     for m in &msgs {
         assert_eq!(m.queue(), &q);
         assert!(!m.redelivered());
@@ -783,10 +780,7 @@ async fn deliveries_of_a_dead_connection_still_in_the_stream_are_not_handed_out(
         bodies.push(m.text().unwrap().to_owned());
         m.settlement().settle(Action::Ack).unwrap();
     }
-    bodies.sort();
-    let mut expected: Vec<_> = (0..5).map(|i| format!("message-{i}")).collect();
-    expected.sort();
-    assert_eq!(bodies, expected);
+    assert_published_n(bodies, 5);
     assert!(matches!(
         first.settlement().settle(Action::Ack),
         Err(SettleError::ChannelClosed)

@@ -399,6 +399,14 @@ pub async fn publish_n(connection: &Connection, queue: &str, n: usize) {
     publish_bodies(connection, queue, (0..n).map(|i| format!("message-{i}"))).await;
 }
 
+/// Asserts that `bodies`, in any order, are those [`publish_n`] published for `n`.
+pub fn assert_published_n(mut bodies: Vec<String>, n: usize) {
+    bodies.sort();
+    let mut expected: Vec<_> = (0..n).map(|i| format!("message-{i}")).collect();
+    expected.sort();
+    assert_eq!(bodies, expected);
+}
+
 /// Publishes each body to `exchange` with `routing_key` and `properties`, with publisher
 /// confirms, and waits until the broker has confirmed them all.
 ///

@@ -50,6 +50,18 @@ pub async fn rabbitmqctl_ok(args: &[&str]) -> String {
         .unwrap_or_else(|error| panic!("{error}"))
 }
 
+/// Runs a `rabbitmqctl list_*` command (`args`) with the JSON formatter and returns its rows.
+///
+/// # Panics
+/// When rabbitmqctl fails or its output cannot be parsed.
+pub async fn rabbitmqctl_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = args.to_vec();
+    args.splice(1..1, ["--formatter", "json"]);
+    let out = rabbitmqctl_ok(&args).await;
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|error| panic!("parse {} output {out:?}: {error}", args[0]))
+}
+
 /// Like [`rabbitmqctl`], but blocking: for `Drop` guards.
 fn rabbitmqctl_blocking(args: &[&str]) -> Result<(), String> {
     let status = std::process::Command::new("rabbitmqctl")
@@ -94,20 +106,16 @@ pub struct QueueInfo {
 /// # Panics
 /// When rabbitmqctl fails or its output cannot be parsed.
 pub async fn list_queues(vhost: &str) -> Vec<QueueInfo> {
-    let out = rabbitmqctl_ok(&[
+    let rows = rabbitmqctl_json(&[
         "list_queues",
         "-p",
         vhost,
-        "--formatter",
-        "json",
         "name",
         "messages_ready",
         "messages_unacknowledged",
         "consumers",
     ])
     .await;
-    let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim())
-        .unwrap_or_else(|error| panic!("parse list_queues output {out:?}: {error}"));
     rows.iter()
         .map(|row| QueueInfo {
             name: row["name"].as_str().unwrap_or_default().to_owned(),
@@ -150,10 +158,8 @@ pub struct ConnectionInfo {
 /// # Panics
 /// When rabbitmqctl fails or its output cannot be parsed.
 pub async fn list_connections() -> Vec<ConnectionInfo> {
-    let out = rabbitmqctl_ok(&[
+    let rows = rabbitmqctl_json(&[
         "list_connections",
-        "--formatter",
-        "json",
         "name",
         "timeout",
         "vhost",
@@ -163,8 +169,6 @@ pub async fn list_connections() -> Vec<ConnectionInfo> {
         "client_properties",
     ])
     .await;
-    let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim())
-        .unwrap_or_else(|error| panic!("parse list_connections output {out:?}: {error}"));
     rows.iter()
         .map(|row| ConnectionInfo {
             name: row["name"].as_str().unwrap_or_default().to_owned(),
