@@ -111,6 +111,7 @@ mod tests {
     fn public_types_are_send_and_sync() {
         send_sync::<AmqpConfig>();
         send_sync::<Connections>();
+        send_sync::<AmqpSettings>();
         send_sync::<AmqpMessage>();
         send_sync::<AmqpError>();
         send_sync::<DecodeError>();

@@ -17,7 +17,10 @@ use crate::AmqpError;
 
 /// The `on_connection_error` callback; `Debug` without showing the closure.
 #[derive(Clone)]
-struct Callback(Arc<dyn Fn(&AmqpError, u32) + Send + Sync>);
+struct Callback(Arc<ConnectionErrorFn>);
+
+/// What [`AmqpSourceBuilder::on_connection_error`] takes.
+type ConnectionErrorFn = dyn Fn(&AmqpError, u32) + Send + Sync;
 
 impl std::fmt::Debug for Callback {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
