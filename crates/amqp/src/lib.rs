@@ -7,15 +7,16 @@
 //! - [`AmqpSettings`]: the connection defaults (vhost, port, prefetch, heartbeat) from the
 //!   `ASYNCWORKER_AMQP_DEFAULT_*` variables, read once per process; code wins over them.
 //! - [`AmqpSource`]: a route's queues on a vhost, one channel per queue with
-//!   `basic.qos(prefetch)`; reconnects with core's [`Backoff`](asyncworker_core::Backoff); cancels its consumers on shutdown
-//!   and keeps channels open until every handed-out message is settled.
+//!   `basic.qos(prefetch)`; reconnects with core's [`Backoff`](asyncworker_core::Backoff);
+//!   cancels its consumers on shutdown and keeps channels open until every handed-out message
+//!   is settled.
 //! - [`AmqpMessage`]: body, typed JSON ([`AmqpMessage::json_or_reject`] rejects poison messages
 //!   instead of requeueing them forever), headers, properties, routing key, exchange,
 //!   redelivered flag, delivery tag, queue; the core's accept / reject / requeue marks, plus
 //!   [`Action::RequeueTail`](asyncworker_core::Action::RequeueTail): a copy goes to the tail of
 //!   the queue with a requeue counter, optionally capped.
-//!
-//! - [`Publisher`]: publishing with confirms (see its docs for the defaults and the channel strategy).
+//! - [`Publisher`]: publishing [`OutgoingMessage`]s with confirms (see its docs for the
+//!   defaults and the channel strategy).
 //!
 //! # Design choices
 //!
