@@ -635,12 +635,12 @@ fn target(arm: &str) -> Option<f64> {
     }
 }
 
-fn table(drains: &[(String, Run)], base: Option<Run>, publish: &[(&str, Run)]) -> String {
-    let mut s = String::new();
+/// The header line of a table of runs, `first` naming its first column.
+fn header(s: &mut String, first: &str) {
     let _ = writeln!(
         s,
         "\n{:<14} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6}  verdict",
-        "drain",
+        first,
         "msgs/s",
         "wall s",
         "CPU s",
@@ -651,6 +651,30 @@ fn table(drains: &[(String, Run)], base: Option<Run>, publish: &[(&str, Run)]) -
         "×CPU/m",
         "×RSS"
     );
+}
+
+/// One run's line: its figures, its (throughput, CPU per message, RSS) ratios to the
+/// baseline, and the verdict.
+fn row(s: &mut String, name: &str, r: &Run, (thru, cpu, rss): (f64, f64, f64), verdict: &str) {
+    let _ = writeln!(
+        s,
+        "{:<14} {:>9.0} {:>7.2} {:>7.2} {:>8.2} {:>8.1} {:>8.2} {:>7.3} {:>8.3} {:>6.3}  {verdict}",
+        name,
+        r.rate(),
+        r.secs,
+        r.cpu_secs,
+        r.cpu_us_per_msg(),
+        r.rss_mib(),
+        r.broker_cpu_secs,
+        thru,
+        cpu,
+        rss,
+    );
+}
+
+fn table(drains: &[(String, Run)], base: Option<Run>, publish: &[(&str, Run)]) -> String {
+    let mut s = String::new();
+    header(&mut s, "drain");
     for (arm, r) in drains {
         let (thru, cpu, rss) = match base {
             Some(b) => (
@@ -681,35 +705,9 @@ fn table(drains: &[(String, Run)], base: Option<Run>, publish: &[(&str, Run)]) -
             None if arm == "raw-multiple" => "baseline".to_owned(),
             None => String::new(),
         };
-        let _ = writeln!(
-            s,
-            "{:<14} {:>9.0} {:>7.2} {:>7.2} {:>8.2} {:>8.1} {:>8.2} {:>7.3} {:>8.3} {:>6.3}  {verdict}",
-            arm,
-            r.rate(),
-            r.secs,
-            r.cpu_secs,
-            r.cpu_us_per_msg(),
-            r.rss_mib(),
-            r.broker_cpu_secs,
-            thru,
-            cpu,
-            rss,
-        );
+        row(&mut s, arm, r, (thru, cpu, rss), &verdict);
     }
-    let _ = writeln!(
-        s,
-        "\n{:<14} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6}  verdict",
-        "publish",
-        "msgs/s",
-        "wall s",
-        "CPU s",
-        "CPU µs/m",
-        "RSS MiB",
-        "broker s",
-        "×thru",
-        "×CPU/m",
-        "×RSS"
-    );
+    header(&mut s, "publish");
     let raw = publish[0].1;
     for (name, r) in publish {
         let thru = r.rate() / raw.rate();
@@ -719,20 +717,12 @@ fn table(drains: &[(String, Run)], base: Option<Run>, publish: &[(&str, Run)]) -
             "asyncworker" => "MISS thru<0.8".to_owned(),
             _ => String::new(),
         };
-        let _ = writeln!(
-            s,
-            "{:<14} {:>9.0} {:>7.2} {:>7.2} {:>8.2} {:>8.1} {:>8.2} {:>7.3} {:>8.3} {:>6.3}  {verdict}",
-            name,
-            r.rate(),
-            r.secs,
-            r.cpu_secs,
-            r.cpu_us_per_msg(),
-            r.rss_mib(),
-            r.broker_cpu_secs,
+        let ratios = (
             thru,
             r.cpu_us_per_msg() / raw.cpu_us_per_msg(),
             r.rss_mib() / raw.rss_mib(),
         );
+        row(&mut s, name, r, ratios, &verdict);
     }
     s
 }

@@ -104,7 +104,7 @@ pub enum AmqpError {
         source: lapin::Error,
     },
     /// The connection could not be established (refused, unreachable, TLS failure, timeout).
-    #[error("cannot connect to {endpoint} (attempt {attempt}): {source}")]
+    #[error("cannot connect to {endpoint} (attempt {attempt})")]
     Connect {
         /// Where the connection went.
         endpoint: Endpoint,
@@ -144,7 +144,7 @@ pub enum AmqpError {
     },
     /// Opening a channel on, or consuming from, a queue failed for another reason; retried
     /// with backoff.
-    #[error("cannot consume queue {queue:?} on {endpoint}; retrying in {retry_in:?}: {source}")]
+    #[error("cannot consume queue {queue:?} on {endpoint}; retrying in {retry_in:?}")]
     Consume {
         /// The queue.
         queue: String,
@@ -168,13 +168,14 @@ pub enum AmqpError {
         reason: String,
     },
     /// The reconnect policy's attempts ran out: the stream ends after this item.
-    #[error("giving up on {endpoint} after {attempts} failed connection attempts: {last}")]
+    #[error("giving up on {endpoint} after {attempts} failed connection attempts")]
     GaveUp {
         /// Where the connection went.
         endpoint: Endpoint,
         /// How many attempts failed.
         attempts: u32,
-        /// The last attempt's error.
+        /// The last attempt's error (also the [`source`](std::error::Error::source)).
+        #[source]
         last: Box<AmqpError>,
     },
 }
@@ -325,6 +326,26 @@ mod tests {
         assert!(
             e.to_string().starts_with("cannot connect to amqps://bob@"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn causes_are_sources_and_not_repeated_in_the_message() {
+        use std::error::Error as _;
+        let io = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let cause = io.to_string();
+        let e = AmqpError::connect(endpoint(), 2, io);
+        assert!(!e.to_string().contains(&cause), "{e}");
+        assert_eq!(e.source().map(ToString::to_string), Some(cause));
+        let gave_up = AmqpError::GaveUp {
+            endpoint: endpoint(),
+            attempts: 2,
+            last: Box::new(e.clone()),
+        };
+        assert!(!gave_up.to_string().contains("attempt 2"), "{gave_up}");
+        assert_eq!(
+            gave_up.source().map(ToString::to_string),
+            Some(e.to_string())
         );
     }
 

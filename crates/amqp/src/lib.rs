@@ -4,16 +4,19 @@
 //! - [`AmqpConfig`]: how to reach a broker, from an `amqp://` / `amqps://` URL or a builder,
 //!   validated at build time; the password never shows in `Debug`, `Display` or logs.
 //!   [`Connections`] holds several, by name.
+//! - [`AmqpSettings`]: the connection defaults (vhost, port, prefetch, heartbeat) from the
+//!   `ASYNCWORKER_AMQP_DEFAULT_*` variables, read once per process; code wins over them.
 //! - [`AmqpSource`]: a route's queues on a vhost, one channel per queue with
-//!   `basic.qos(prefetch)`; reconnects with core's [`Backoff`](asyncworker_core::Backoff); cancels its consumers on shutdown
-//!   and keeps channels open until every handed-out message is settled.
-//! - [`AmqpMessage`]: body, typed JSON ([`AmqpMessage::decode_json`] rejects poison messages
+//!   `basic.qos(prefetch)`; reconnects with core's [`Backoff`](asyncworker_core::Backoff);
+//!   cancels its consumers on shutdown and keeps channels open until every handed-out message
+//!   is settled.
+//! - [`AmqpMessage`]: body, typed JSON ([`AmqpMessage::json_or_reject`] rejects poison messages
 //!   instead of requeueing them forever), headers, properties, routing key, exchange,
 //!   redelivered flag, delivery tag, queue; the core's accept / reject / requeue marks, plus
 //!   [`Action::RequeueTail`](asyncworker_core::Action::RequeueTail): a copy goes to the tail of
 //!   the queue with a requeue counter, optionally capped.
-//!
-//! - [`Publisher`]: publishing with confirms (see [`publish`]).
+//! - [`Publisher`]: publishing [`OutgoingMessage`]s with confirms (see its docs for the
+//!   defaults and the channel strategy).
 //!
 //! # Design choices
 //!
@@ -37,7 +40,7 @@
 //!   the callback, the generations and the re-consuming of every queue.
 //! - **Readiness** is set while every queue of the route is being consumed: a route with a
 //!   missing queue is live but not ready.
-//! - **Poison messages** are rejected, not requeued forever: [`AmqpMessage::decode_json`]
+//! - **Poison messages** are rejected, not requeued forever: [`AmqpMessage::json_or_reject`]
 //!   marks an undecodable message with the route's decode-error action (default reject).
 //! - **RequeueTail** publishes the copy with confirms on a channel of the route's connection
 //!   and acks the original only once the copy is confirmed; otherwise the original is
@@ -76,7 +79,8 @@ mod config;
 mod consumer;
 mod error;
 mod message;
-pub mod publish;
+mod publish;
+mod settings;
 mod settle;
 mod source;
 
@@ -86,7 +90,11 @@ pub use config::{
 };
 pub use error::{AmqpError, Endpoint};
 pub use message::{AmqpMessage, DecodeError, REQUEUE_COUNT_HEADER};
-pub use publish::{OutgoingMessage, PublishError, Publisher, PublisherBuilder};
+pub use publish::{
+    DEFAULT_PUBLISH_TIMEOUT, HeaderValue, JSON_CONTENT_TYPE, OutgoingMessage, PublishError,
+    Publisher, PublisherBuilder,
+};
+pub use settings::AmqpSettings;
 pub use source::{AmqpSource, AmqpSourceBuilder, AmqpStream};
 
 /// The lapin version this crate is built on, re-exported so its types (properties, field
@@ -104,6 +112,7 @@ mod tests {
     fn public_types_are_send_and_sync() {
         send_sync::<AmqpConfig>();
         send_sync::<Connections>();
+        send_sync::<AmqpSettings>();
         send_sync::<AmqpMessage>();
         send_sync::<AmqpError>();
         send_sync::<DecodeError>();

@@ -109,10 +109,11 @@ impl AmqpMessage {
         &self.delivery.payload
     }
 
-    /// Decode the body as JSON into `T`; when it is not the JSON `T` expects, mark the message
-    /// with the route's decode-error action (by default [`Action::Reject`]: dropped, or
-    /// dead-lettered when the queue has a dead-letter exchange), log why, count it in
-    /// `asyncworker_amqp_decode_failures_total{queue}`, and return the error.
+    /// Decode the body as JSON into `T`, or reject the message: when it is not the JSON `T`
+    /// expects, mark the message with the route's decode-error action (by default
+    /// [`Action::Reject`]: dropped, or dead-lettered when the queue has a dead-letter
+    /// exchange), log why, count it in `asyncworker_amqp_decode_failures_total{queue}`, and
+    /// return the error.
     ///
     /// Because a mark beats the handler's error, a handler can simply `?` the result: the
     /// undecodable message is rejected instead of being requeued forever, and the batch's
@@ -130,7 +131,7 @@ impl AmqpMessage {
     /// async fn handle(batch: Vec<AmqpMessage>) -> Result<(), BoxError> {
     ///     for msg in &batch {
     ///         // A poison message is marked (rejected) and skipped; the others are acked.
-    ///         let Ok(count) = msg.decode_json::<Count>() else { continue };
+    ///         let Ok(count) = msg.json_or_reject::<Count>() else { continue };
     ///         println!("{}", count.n);
     ///     }
     ///     Ok(())
@@ -140,7 +141,7 @@ impl AmqpMessage {
     /// # Errors
     ///
     /// A [`DecodeError`] naming the queue and delivery tag, with serde's error as its source.
-    pub fn decode_json<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+    pub fn json_or_reject<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         match serde_json::from_slice(self.body()) {
             Ok(value) => Ok(value),
             Err(source) => {
@@ -172,7 +173,7 @@ impl AmqpMessage {
         }
     }
 
-    /// Decode every message of a batch with [`AmqpMessage::decode_json`]: yields the messages
+    /// Decode every message of a batch with [`AmqpMessage::json_or_reject`]: yields the messages
     /// that decode, with their value; the others are marked with the route's decode-error
     /// action (default reject), logged and counted, and skipped. The handler of a typed route
     /// in one line:
@@ -185,18 +186,18 @@ impl AmqpMessage {
     /// struct Count { n: u64 }
     ///
     /// async fn handle(batch: Vec<AmqpMessage>) -> Result<(), BoxError> {
-    ///     for (_msg, count) in AmqpMessage::decode_json_each::<Count>(&batch) {
+    ///     for (_msg, count) in AmqpMessage::json_or_reject_each::<Count>(&batch) {
     ///         println!("{}", count.n);
     ///     }
     ///     Ok(())
     /// }
     /// ```
-    pub fn decode_json_each<T: DeserializeOwned>(
+    pub fn json_or_reject_each<T: DeserializeOwned>(
         batch: &[AmqpMessage],
     ) -> impl Iterator<Item = (&AmqpMessage, T)> {
         batch
             .iter()
-            .filter_map(|msg| msg.decode_json().ok().map(|value| (msg, value)))
+            .filter_map(|msg| msg.json_or_reject().ok().map(|value| (msg, value)))
     }
 
     /// The queue the message was consumed from.
@@ -346,9 +347,7 @@ impl fmt::Debug for AmqpMessage {
 /// A body that is not the JSON the handler asked for; the message has been marked with the
 /// route's decode-error action.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "message {delivery_tag} from queue {queue:?} is not the expected JSON (marked {action}): {source}"
-)]
+#[error("message {delivery_tag} from queue {queue:?} is not the expected JSON (marked {action})")]
 pub struct DecodeError {
     queue: Arc<str>,
     delivery_tag: u64,
@@ -438,10 +437,13 @@ pub(crate) mod tests {
             Ok(())
         });
         let msg = AmqpMessage::new(delivery(1, b"not json", None), settlement);
-        let err = msg.decode_json::<serde_json::Value>().unwrap_err();
+        let err = msg.json_or_reject::<serde_json::Value>().unwrap_err();
         assert_eq!(err.action(), Action::Reject);
         assert_eq!(err.queue(), "q");
         assert!(err.to_string().contains("queue \"q\""));
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(cause, Some(err.serde_error().to_string()));
+        assert!(!err.to_string().contains(&err.serde_error().to_string()));
         assert_eq!(msg.settlement().marked(), Some(Action::Reject));
         // The mark wins over the route's error policy.
         msg.settlement().settle_marked_or(Action::Requeue).unwrap();
@@ -451,7 +453,7 @@ pub(crate) mod tests {
             AmqpMessage::new(delivery(3, b"[2]", None), Settlement::noop()),
             AmqpMessage::new(delivery(4, b"{", None), Settlement::noop()),
         ];
-        let decoded: Vec<_> = AmqpMessage::decode_json_each::<Vec<u8>>(&batch)
+        let decoded: Vec<_> = AmqpMessage::json_or_reject_each::<Vec<u8>>(&batch)
             .map(|(m, v)| (m.delivery_tag(), v))
             .collect();
         assert_eq!(decoded, [(3, vec![2])]);
@@ -459,7 +461,7 @@ pub(crate) mod tests {
         assert_eq!(batch[1].settlement().marked(), Some(Action::Reject));
 
         let ok = AmqpMessage::new(delivery(2, b"[1]", None), Settlement::noop());
-        assert_eq!(ok.decode_json::<Vec<u8>>().unwrap(), vec![1]);
+        assert_eq!(ok.json_or_reject::<Vec<u8>>().unwrap(), vec![1]);
         assert_eq!(ok.settlement().marked(), None);
     }
 }

@@ -278,6 +278,13 @@ impl Outstanding {
 mod tests {
     use super::*;
 
+    fn plan(upto: Option<(u64, usize)>, singles: &[u64]) -> AckPlan {
+        AckPlan {
+            upto,
+            singles: singles.to_vec(),
+        }
+    }
+
     fn out(tags: impl IntoIterator<Item = u64>) -> Outstanding {
         let mut o = Outstanding::default();
         for t in tags {
@@ -292,13 +299,7 @@ mod tests {
         for t in 1..=5 {
             assert!(o.want_ack(t));
         }
-        assert_eq!(
-            o.take_plan(),
-            AckPlan {
-                upto: Some((5, 5)),
-                singles: vec![]
-            }
-        );
+        assert_eq!(o.take_plan(), plan(Some((5, 5)), &[]));
         assert_eq!(o.live(), 0);
     }
 
@@ -309,22 +310,10 @@ mod tests {
             assert!(o.want_ack(t));
         }
         // 3 is still pending: a multiple ack up to 5 would ack it too.
-        assert_eq!(
-            o.take_plan(),
-            AckPlan {
-                upto: Some((2, 2)),
-                singles: vec![4, 5]
-            }
-        );
+        assert_eq!(o.take_plan(), plan(Some((2, 2)), &[4, 5]));
         assert_eq!(o.live(), 1);
         assert!(o.want_ack(3));
-        assert_eq!(
-            o.take_plan(),
-            AckPlan {
-                upto: Some((3, 1)),
-                singles: vec![]
-            }
-        );
+        assert_eq!(o.take_plan(), plan(Some((3, 1)), &[]));
         assert_eq!(o.live(), 0);
     }
 
@@ -357,13 +346,7 @@ mod tests {
         assert!(o.hold(2));
         assert!(o.want_ack(1));
         assert!(o.want_ack(3));
-        assert_eq!(
-            o.take_plan(),
-            AckPlan {
-                upto: Some((1, 1)),
-                singles: vec![3]
-            }
-        );
+        assert_eq!(o.take_plan(), plan(Some((1, 1)), &[3]));
         assert_eq!(o.live(), 1);
         // The copy was published: ack the original.
         assert!(o.want_ack(2));

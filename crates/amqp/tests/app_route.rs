@@ -1,7 +1,6 @@
 //! An AMQP route through the core's App, Bulk and Ack layers against the real broker: batch
 //! sizes, the prefetch clamp, acks reaching the broker before `run` returns.
 
-mod consuming;
 mod support;
 
 use std::sync::{Arc, Mutex};
@@ -10,7 +9,7 @@ use std::time::Duration;
 use asyncworker_amqp::{AmqpMessage, AmqpSource};
 use asyncworker_core::{App, RouteOptions};
 use asyncworker_core::{BoxError, Message};
-use consuming::config;
+
 use support::*;
 
 type Batches = Arc<Mutex<Vec<Vec<String>>>>;
@@ -18,7 +17,7 @@ type Batches = Arc<Mutex<Vec<Vec<String>>>>;
 /// Run `source` in an App with `options` until `expected` messages were handled; returns the
 /// batches the handler saw.
 async fn run_route(source: AmqpSource, options: RouteOptions, expected: usize) -> Vec<Vec<String>> {
-    consuming::init_tracing();
+    init_tracing();
     let batches: Batches = Arc::default();
     let seen = batches.clone();
     let mut app = App::new();
@@ -37,7 +36,8 @@ async fn run_route(source: AmqpSource, options: RouteOptions, expected: usize) -
     let done = wait_until(Duration::from_secs(30), || async {
         batches.lock().unwrap().iter().map(Vec::len).sum::<usize>() >= expected
     })
-    .await;
+    .await
+    .held();
     handle.trigger();
     let result = tokio::time::timeout(Duration::from_secs(30), run)
         .await
@@ -51,8 +51,7 @@ async fn run_route(source: AmqpSource, options: RouteOptions, expected: usize) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_of_ten_with_a_flush_interval_gives_ten_ten_five() {
     let conn = connect().await;
-    let q = unique_name("bulk10");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "bulk10").await;
     publish_n(&conn, &q, 25).await;
 
     let source = AmqpSource::builder(config().build().unwrap(), [q.as_str()])
@@ -64,24 +63,19 @@ async fn bulk_of_ten_with_a_flush_interval_gives_ten_ten_five() {
     let batches = run_route(source, options, 25).await;
     let sizes: Vec<_> = batches.iter().map(Vec::len).collect();
     assert_eq!(sizes, [10, 10, 5]);
-    let mut bodies: Vec<_> = batches.concat();
-    bodies.sort();
-    let mut expected: Vec<_> = (0..25).map(|i| format!("message-{i}")).collect();
-    expected.sort();
-    assert_eq!(bodies, expected);
+    let bodies: Vec<_> = batches.concat();
+    assert_published_n(bodies, 25);
     // Every message was acked before `run` returned.
     let counts = queue_counts(&conn, &q).await.unwrap();
     assert_eq!((counts.messages, counts.consumers), (0, 0));
     let info = queue_info("/", &q).await.unwrap();
     assert_eq!(info.messages_unacknowledged, 0);
-    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_larger_than_the_prefetch_is_clamped_to_it() {
     let conn = connect().await;
-    let q = unique_name("bulk512");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "bulk512").await;
     publish_n(&conn, &q, 256).await;
 
     let source = AmqpSource::builder(config().prefetch(128).build().unwrap(), [q.as_str()])
@@ -95,5 +89,4 @@ async fn a_bulk_larger_than_the_prefetch_is_clamped_to_it() {
     assert_eq!(sizes, [128, 128]);
     let counts = queue_counts(&conn, &q).await.unwrap();
     assert_eq!((counts.messages, counts.consumers), (0, 0));
-    delete_queue(&conn, &q).await;
 }

@@ -3,14 +3,12 @@
 //! and nothing is lost. Its own test binary, so the alarm (broker-wide) stalls no other test of
 //! this crate's consume suite.
 
-mod consuming;
 mod support;
 
 use std::time::Duration;
 
 use asyncworker_amqp::AmqpSource;
 use asyncworker_core::{Action, Message, Readiness, Shutdown, Source, SourceContext};
-use consuming::*;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,8 +16,7 @@ async fn blocked_and_unblocked_connections_are_counted_and_requeue_tail_survives
     init_tracing();
     install_metrics();
     let conn = connect().await;
-    let q = unique_name("blocked");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "blocked").await;
     publish_bodies(&conn, &q, [b"held"]).await;
 
     let host = config().build().unwrap().host().to_owned();
@@ -47,7 +44,8 @@ async fn blocked_and_unblocked_connections_are_counted_and_requeue_tail_survives
             &[("host", &host)],
         ) > blocked_before
     })
-    .await;
+    .await
+    .held();
     drop(alarm);
     assert!(blocked, "the connection.blocked event was not counted");
 
@@ -60,5 +58,4 @@ async fn blocked_and_unblocked_connections_are_counted_and_requeue_tail_survives
     drain_to_end(&mut stream, 10).await;
     let counts = queue_counts(&conn, &q).await.unwrap();
     assert_eq!((counts.messages, counts.consumers), (0, 0));
-    delete_queue(&conn, &q).await;
 }

@@ -2,7 +2,6 @@
 //! acks, rejects, requeues, multi-queue routes, vhosts, named connections, heartbeat, bad
 //! credentials, reconnects, missing queues, RequeueTail, shutdown and TLS.
 
-mod consuming;
 mod support;
 
 use std::sync::{Arc, Mutex};
@@ -13,7 +12,6 @@ use asyncworker_amqp::lapin::{BasicProperties, Connection};
 use asyncworker_amqp::{AmqpConfig, AmqpError, AmqpSource, AmqpStream, Connections};
 use asyncworker_core::{Action, Message, Readiness, SettleError, Shutdown, Source, SourceContext};
 use asyncworker_core::{Backoff, Jitter};
-use consuming::*;
 use futures::StreamExt;
 use support::*;
 
@@ -44,30 +42,28 @@ async fn counts(conn: &Connection, queue: &str) -> (u32, u32) {
 /// and the requeues of closing channels reach the broker's counts shortly after the stream
 /// ends, so poll for a while before failing with the last counts seen.
 async fn assert_counts(conn: &Connection, queue: &str, expected: (u32, u32)) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let seen = counts(conn, queue).await;
-        if seen == expected {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{queue}: (ready, consumers) = {seen:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    let seen = std::cell::Cell::new(None);
+    let settled = wait_until(Duration::from_secs(10), || async {
+        let now = counts(conn, queue).await;
+        seen.set(Some(now));
+        now == expected
+    })
+    .await
+    .held();
+    assert!(
+        settled,
+        "{queue}: (ready, consumers) = {:?}, expected {expected:?}",
+        seen.get()
+    );
 }
 
-/// Poll `cond` until it holds; fail the test after `secs` seconds, saying `what`.
-async fn eventually<F, Fut>(secs: u64, what: &str, cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    assert!(
-        wait_until(Duration::from_secs(secs), cond).await,
-        "timed out after {secs} s waiting for: {what}"
-    );
+/// Shut the source down, wait for its stream to end, and assert that every queue of
+/// `queues` is left empty, with no consumer.
+async fn stop_drained(stream: AmqpStream, shutdown: Shutdown, conn: &Connection, queues: &[&str]) {
+    stop(stream, shutdown).await;
+    for queue in queues {
+        assert_counts(conn, queue, (0, 0)).await;
+    }
 }
 
 /// Shut the source down and wait for its stream to end; returns messages still handed out.
@@ -80,18 +76,14 @@ async fn stop(mut stream: AmqpStream, shutdown: Shutdown) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_leave_the_queue() {
     let conn = connect().await;
-    let q = unique_name("ack");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "ack").await;
     publish_n(&conn, &q, 50).await;
 
     let (mut stream, shutdown, readiness) = start(source(&[&q]), "ack");
     let msgs = next_messages(&mut stream, 50, 10).await;
     assert!(readiness.get(), "a consuming route is ready");
-    let mut bodies: Vec<_> = msgs.iter().map(|m| m.text().unwrap().to_owned()).collect();
-    bodies.sort();
-    let mut expected: Vec<_> = (0..50).map(|i| format!("message-{i}")).collect();
-    expected.sort();
-    assert_eq!(bodies, expected);
+    let bodies: Vec<_> = msgs.iter().map(|m| m.text().unwrap().to_owned()).collect();
+    assert_published_n(bodies, 50);
     for m in &msgs {
         assert_eq!(m.queue(), &q);
         assert!(!m.redelivered());
@@ -104,14 +96,12 @@ async fn acked_messages_leave_the_queue() {
     assert_counts(&conn, &q, (0, 0)).await;
     let info = queue_info("/", &q).await.expect("the queue is listed");
     assert_eq!((info.messages_ready, info.messages_unacknowledged), (0, 0));
-    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeued_message_comes_back_redelivered() {
     let conn = connect().await;
-    let q = unique_name("requeue");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "requeue").await;
     publish_bodies(&conn, &q, [b"again"]).await;
 
     let (mut stream, shutdown, _) = start(source(&[&q]), "requeue");
@@ -133,18 +123,13 @@ async fn requeued_message_comes_back_redelivered() {
         "a requeued message carries the redelivered flag"
     );
     second.settlement().settle(Action::Ack).unwrap();
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_messages_are_dead_lettered_and_mixed_marks_apply() {
     let conn = connect().await;
-    let q = unique_name("mixed");
-    let dlq = unique_name("mixed-dlq");
-    declare_queue(&conn, &dlq).await;
-    declare_queue_with(&conn, &q, &QueueSpec::dead_letter_to(&dlq)).await;
+    let (q, dlq) = TestQueue::declare_with_dlq(&conn, "mixed").await;
     for body in ["accept", "reject", "untouched"] {
         publish_bodies(&conn, &q, [body.as_bytes()]).await;
     }
@@ -171,21 +156,15 @@ async fn rejected_messages_are_dead_lettered_and_mixed_marks_apply() {
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
 
-    eventually(10, "the rejected message reaches the DLQ", || async {
-        counts(&conn, &dlq).await.0 == 1
-    })
-    .await;
+    assert_counts(&conn, &dlq, (1, 0)).await;
     assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
-    delete_queue(&conn, &dlq).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_route_consumes_two_queues() {
     let conn = connect().await;
-    let (q1, q2) = (unique_name("two-a"), unique_name("two-b"));
-    declare_queue(&conn, &q1).await;
-    declare_queue(&conn, &q2).await;
+    let q1 = TestQueue::declare(&conn, "two-a").await;
+    let q2 = TestQueue::declare(&conn, "two-b").await;
     publish_bodies(&conn, &q1, ["a-0", "a-1", "a-2"]).await;
     publish_bodies(&conn, &q2, ["b-0", "b-1", "b-2"]).await;
 
@@ -201,19 +180,14 @@ async fn one_route_consumes_two_queues() {
         m.settlement().settle(Action::Ack).unwrap();
     }
     assert!(readiness.get());
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q1, (0, 0)).await;
-    assert_counts(&conn, &q2, (0, 0)).await;
-    delete_queue(&conn, &q1).await;
-    delete_queue(&conn, &q2).await;
+    stop_drained(stream, shutdown, &conn, &[&q1, &q2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_consumes_on_a_non_default_vhost() {
     let vhost = TestVhost::create("vhost").await;
     let conn = connect_vhost(vhost.name()).await;
-    let q = unique_name("vq");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "vq").await;
     publish_bodies(&conn, &q, [b"in a vhost"]).await;
 
     let src = AmqpSource::builder(config().build().unwrap(), [q.as_str()])
@@ -225,16 +199,14 @@ async fn a_route_consumes_on_a_non_default_vhost() {
     let (msg, _) = next_message(&mut stream, 10).await;
     assert_eq!(msg.text().unwrap(), "in a vhost");
     msg.settlement().settle(Action::Ack).unwrap();
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_pick_named_connections_and_the_heartbeat_reaches_the_broker() {
     let conn = connect().await;
-    let (qa, qb) = (unique_name("named-a"), unique_name("named-b"));
-    declare_queue(&conn, &qa).await;
-    declare_queue(&conn, &qb).await;
+    let qa = TestQueue::declare(&conn, "named-a").await;
+    let qb = TestQueue::declare(&conn, "named-b").await;
     publish_bodies(&conn, &qa, [b"for a"]).await;
     publish_bodies(&conn, &qb, [b"for b"]).await;
 
@@ -292,8 +264,6 @@ async fn routes_pick_named_connections_and_the_heartbeat_reaches_the_broker() {
         connections_named(&name_a).await.is_empty(),
         "the connection is closed on shutdown"
     );
-    delete_queue(&conn, &qa).await;
-    delete_queue(&conn, &qb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,11 +320,7 @@ async fn wrong_password_gives_a_clear_error_and_bounded_retries_with_backoff() {
     }
     let first = errors[0].to_string();
     assert!(first.contains("authentication refused"), "{first}");
-    let endpoint = consuming::config()
-        .build()
-        .unwrap()
-        .endpoint("/")
-        .to_string();
+    let endpoint = support::config().build().unwrap().endpoint("/").to_string();
     assert!(first.contains(&endpoint), "{first} names {endpoint}");
     assert!(first.contains("user name and password"), "{first}");
 
@@ -373,8 +339,7 @@ async fn wrong_password_gives_a_clear_error_and_bounded_retries_with_backoff() {
 async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted() {
     install_metrics();
     let conn = connect().await;
-    let q = unique_name("reconnect");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "reconnect").await;
     publish_bodies(&conn, &q, [b"survivor"]).await;
 
     let name = unique_name("reconnecting");
@@ -394,9 +359,14 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
     let (mut stream, shutdown, readiness) = start(src, "reconnect");
     let (old, _) = next_message(&mut stream, 10).await;
     assert!(!old.redelivered());
-    eventually(5, "the route is ready", || async { readiness.get() }).await;
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("the route is ready");
 
-    assert_eq!(close_connection_named(&name).await, 1);
+    assert_eq!(
+        close_connections_named(&name, "closed by an asyncworker test").await,
+        1
+    );
 
     // The broker requeues the unsettled message; the source reconnects and consumes again.
     let (again, errors) = next_message(&mut stream, 20).await;
@@ -443,17 +413,17 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
             &[("queue", &q), ("action", "ack")],
         )
     };
-    eventually(5, "the live ack is counted", || async { settled() >= 1 }).await;
+    wait_until(Duration::from_secs(5), || async { settled() >= 1 })
+        .await
+        .expect("the live ack is counted");
     assert_eq!(settled(), 1);
-    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_queue_is_reported_and_retried_while_the_others_are_consumed() {
     let conn = connect().await;
-    let present = unique_name("present");
+    let present = TestQueue::declare(&conn, "present").await;
     let missing = unique_name("missing");
-    declare_queue(&conn, &present).await;
     publish_bodies(&conn, &present, [b"here"]).await;
 
     let (mut stream, shutdown, readiness) = start(source(&[&present, &missing]), "partial");
@@ -491,24 +461,17 @@ async fn a_missing_queue_is_reported_and_retried_while_the_others_are_consumed()
         (missing.as_str(), "late")
     );
     late.settlement().settle(Action::Ack).unwrap();
-    eventually(5, "ready once every queue is consumed", || async {
-        readiness.get()
-    })
-    .await;
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &present, (0, 0)).await;
-    assert_counts(&conn, &missing, (0, 0)).await;
-    delete_queue(&conn, &present).await;
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("ready once every queue is consumed");
+    stop_drained(stream, shutdown, &conn, &[&present, &missing]).await;
     delete_queue(&conn, &missing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_tail_goes_behind_the_queue_and_the_cap_dead_letters() {
     let conn = connect().await;
-    let q = unique_name("tail");
-    let dlq = unique_name("tail-dlq");
-    declare_queue(&conn, &dlq).await;
-    declare_queue_with(&conn, &q, &QueueSpec::dead_letter_to(&dlq)).await;
+    let (q, dlq) = TestQueue::declare_with_dlq(&conn, "tail").await;
     let mut headers = FieldTable::default();
     headers.insert("x-custom".into(), AMQPValue::LongString("kept".into()));
     publish_with(
@@ -555,14 +518,8 @@ async fn requeue_tail_goes_behind_the_queue_and_the_cap_dead_letters() {
         copy.settlement().settle(Action::RequeueTail).unwrap();
     }
     // The third RequeueTail exceeds the cap of 2: rejected, so dead-lettered.
-    eventually(10, "the capped message reaches the DLQ", || async {
-        counts(&conn, &dlq).await.0 == 1
-    })
-    .await;
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
-    delete_queue(&conn, &dlq).await;
+    assert_counts(&conn, &dlq, (1, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,19 +530,16 @@ async fn an_undecodable_body_is_rejected_not_requeued() {
         id: u64,
     }
     let conn = connect().await;
-    let q = unique_name("poison");
-    let dlq = unique_name("poison-dlq");
-    declare_queue(&conn, &dlq).await;
-    declare_queue_with(&conn, &q, &QueueSpec::dead_letter_to(&dlq)).await;
+    let (q, dlq) = TestQueue::declare_with_dlq(&conn, "poison").await;
     publish_bodies(&conn, &q, [&b"{\"id\": 1}"[..]]).await;
     publish_bodies(&conn, &q, [b"not json"]).await;
 
     let (mut stream, shutdown, _) = start(source(&[&q]), "poison");
     let batch = next_messages(&mut stream, 2, 10).await;
     // A framework-style handler: decode every message, fail the batch on the first error.
-    let decoded: Result<Vec<Job>, _> = batch.iter().map(|m| m.decode_json::<Job>()).collect();
+    let decoded: Result<Vec<Job>, _> = batch.iter().map(|m| m.json_or_reject::<Job>()).collect();
     let err = decoded.unwrap_err();
-    assert!(err.to_string().contains(&q), "{err}");
+    assert!(err.to_string().contains(q.as_str()), "{err}");
     // The batch failed: the good message is requeued by policy, the bad one rejected by its
     // mark.
     let mut actions: Vec<_> = batch
@@ -595,23 +549,17 @@ async fn an_undecodable_body_is_rejected_not_requeued() {
     actions.sort_by_key(|a| a.as_str());
     assert_eq!(actions, [Action::Reject, Action::Requeue]);
     let (again, _) = next_message(&mut stream, 10).await;
-    assert_eq!(again.decode_json::<Job>().unwrap().id, 1);
+    assert_eq!(again.json_or_reject::<Job>().unwrap().id, 1);
     again.settlement().settle(Action::Ack).unwrap();
     stop(stream, shutdown).await;
-    eventually(10, "the poison message reaches the DLQ", || async {
-        counts(&conn, &dlq).await.0 == 1
-    })
-    .await;
+    assert_counts(&conn, &dlq, (1, 0)).await;
     assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
-    delete_queue(&conn, &dlq).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prefetch_bounds_unsettled_deliveries() {
     let conn = connect().await;
-    let q = unique_name("prefetch");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "prefetch").await;
     publish_n(&conn, &q, 10).await;
 
     let src = AmqpSource::builder(config().prefetch(3).build().unwrap(), [q.as_str()])
@@ -631,16 +579,13 @@ async fn the_prefetch_bounds_unsettled_deliveries() {
         let (m, _) = next_message(&mut stream, 10).await;
         m.settlement().settle(Action::Ack).unwrap();
     }
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cancels_consumers_but_keeps_channels_until_everything_is_settled() {
     let conn = connect().await;
-    let q = unique_name("shutdown");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "shutdown").await;
     publish_n(&conn, &q, 20).await;
 
     let src = AmqpSource::builder(config().prefetch(5).build().unwrap(), [q.as_str()])
@@ -654,10 +599,11 @@ async fn shutdown_cancels_consumers_but_keeps_channels_until_everything_is_settl
     assert_eq!(held.len(), 5);
     assert!(!readiness.get());
     // The consumer is cancelled, but the channel stays open for the held messages.
-    eventually(5, "the consumer is cancelled", || async {
+    wait_until(Duration::from_secs(5), || async {
         counts(&conn, &q).await == (15, 0)
     })
-    .await;
+    .await
+    .expect("the consumer is cancelled");
     for m in &held {
         m.settlement().settle(Action::Ack).unwrap();
     }
@@ -665,20 +611,19 @@ async fn shutdown_cancels_consumers_but_keeps_channels_until_everything_is_settl
     drop(stream);
     // The acks went through on the still-open channel: the five are gone for good (had the
     // channel closed first, they would be back in the queue).
-    eventually(5, "no unacknowledged message is left", || async {
+    wait_until(Duration::from_secs(5), || async {
         queue_info("/", &q)
             .await
             .is_some_and(|i| (i.messages_ready, i.messages_unacknowledged) == (15, 0))
     })
-    .await;
-    delete_queue(&conn, &q).await;
+    .await
+    .expect("no unacknowledged message is left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsettled_messages_dropped_by_the_handler_are_requeued() {
     let conn = connect().await;
-    let q = unique_name("dropped");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "dropped").await;
     publish_bodies(&conn, &q, [b"dropped"]).await;
 
     let (mut stream, shutdown, _) = start(source(&[&q]), "dropped");
@@ -687,9 +632,7 @@ async fn unsettled_messages_dropped_by_the_handler_are_requeued() {
     let (again, _) = next_message(&mut stream, 10).await;
     assert!(again.redelivered());
     again.settlement().settle(Action::Ack).unwrap();
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,8 +644,7 @@ async fn consumes_over_tls_with_verification() {
         ca.display()
     );
     let conn = connect().await;
-    let q = unique_name("tls");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "tls").await;
     publish_bodies(&conn, &q, [b"secret"]).await;
 
     let name = unique_name("tls-conn");
@@ -728,8 +670,7 @@ async fn consumes_over_tls_with_verification() {
     let subject = seen[0].peer_cert_subject.as_deref().unwrap_or_default();
     assert!(subject.contains("asyncworker-test-client"), "{seen:?}");
     msg.settlement().settle(Action::Ack).unwrap();
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 
     // Verification is on: without the test CA the broker's certificate is not trusted.
     let untrusted = AmqpConfig::from_url(&amqps_url())
@@ -738,20 +679,20 @@ async fn consumes_over_tls_with_verification() {
         .await
         .unwrap_err();
     assert_eq!(untrusted.kind(), "connect", "{untrusted}");
-    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_deleted_while_consumed_is_consumed_again_once_it_is_back() {
     let conn = connect().await;
-    let q = unique_name("deleted");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "deleted").await;
     publish_bodies(&conn, &q, [b"before"]).await;
 
     let (mut stream, shutdown, readiness) = start(source(&[&q]), "deleted");
     let (before, _) = next_message(&mut stream, 10).await;
     before.settlement().settle(Action::Ack).unwrap();
-    eventually(5, "the route is ready", || async { readiness.get() }).await;
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("the route is ready");
 
     delete_queue(&conn, &q).await;
     // The broker cancels the consumer; the source reports it, then the missing queue.
@@ -773,17 +714,16 @@ async fn a_queue_deleted_while_consumed_is_consumed_again_once_it_is_back() {
     let (after, _) = next_message(&mut stream, 15).await;
     assert_eq!(after.text().unwrap(), "after");
     after.settlement().settle(Action::Ack).unwrap();
-    eventually(5, "ready again", || async { readiness.get() }).await;
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("ready again");
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unnamed_connection_is_named_after_its_route() {
     let conn = connect().await;
-    let q = unique_name("named-route");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "named-route").await;
     let route = unique_name("route");
     let (mut stream, shutdown, readiness) = start(source(&[&q]), &route);
     // Polling starts the source.
@@ -792,19 +732,19 @@ async fn an_unnamed_connection_is_named_after_its_route() {
             .await
             .is_err()
     );
-    eventually(10, "the route is ready", || async { readiness.get() }).await;
+    wait_until(Duration::from_secs(10), || async { readiness.get() })
+        .await
+        .expect("the route is ready");
     let seen = connections_named(&format!("asyncworker route {route}")).await;
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].vhost, "/");
     stop(stream, shutdown).await;
-    delete_queue(&conn, &q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_of_a_dead_connection_still_in_the_stream_are_not_handed_out() {
     let conn = connect().await;
-    let q = unique_name("stale-buffer");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "stale-buffer").await;
     publish_n(&conn, &q, 5).await;
 
     let name = unique_name("stale-conn");
@@ -817,16 +757,19 @@ async fn deliveries_of_a_dead_connection_still_in_the_stream_are_not_handed_out(
     let (mut stream, shutdown, _) = start(src, "stale-buffer");
     let (first, _) = next_message(&mut stream, 10).await;
     // The other four are delivered too, and wait in the stream.
-    eventually(10, "all five are delivered", || async {
+    wait_until(Duration::from_secs(10), || async {
         counts(&conn, &q).await.0 == 0
     })
-    .await;
+    .await
+    .expect("all five are delivered");
 
-    assert_eq!(close_connection_named(&name).await, 1);
-    eventually(10, "the source notices the loss", || async {
-        first.is_stale()
-    })
-    .await;
+    assert_eq!(
+        close_connections_named(&name, "closed by an asyncworker test").await,
+        1
+    );
+    wait_until(Duration::from_secs(10), || async { first.is_stale() })
+        .await
+        .expect("the source notices the loss");
 
     // What comes next is the broker's redelivery of all five, not the four stale copies.
     let mut bodies = Vec::new();
@@ -837,24 +780,18 @@ async fn deliveries_of_a_dead_connection_still_in_the_stream_are_not_handed_out(
         bodies.push(m.text().unwrap().to_owned());
         m.settlement().settle(Action::Ack).unwrap();
     }
-    bodies.sort();
-    let mut expected: Vec<_> = (0..5).map(|i| format!("message-{i}")).collect();
-    expected.sort();
-    assert_eq!(bodies, expected);
+    assert_published_n(bodies, 5);
     assert!(matches!(
         first.settlement().settle(Action::Ack),
         Err(SettleError::ChannelClosed)
     ));
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_acks_never_cover_an_unsettled_delivery() {
     let conn = connect().await;
-    let q = unique_name("coalesce");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "coalesce").await;
     publish_n(&conn, &q, 6).await;
 
     let (mut stream, shutdown, _) = start(source(&[&q]), "coalesce");
@@ -880,16 +817,13 @@ async fn coalesced_acks_never_cover_an_unsettled_delivery() {
         assert!(m.redelivered());
         m.settlement().settle(Action::Ack).unwrap();
     }
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() {
     let conn = connect().await;
-    let q = unique_name("frozen");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "frozen").await;
     publish_bodies(&conn, &q, [b"through the proxy"]).await;
 
     let proxy = TcpProxy::to_broker().await;
@@ -914,16 +848,21 @@ async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() 
         .unwrap();
     let (mut stream, shutdown, readiness) = start(src, "frozen");
     let (old, _) = next_message(&mut stream, 10).await;
-    eventually(5, "the route is ready", || async { readiness.get() }).await;
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("the route is ready");
 
     // Nothing moves any more: no close frame, no reset. Only the heartbeat can tell.
     proxy.freeze();
-    eventually(20, "the loss is noticed", || async { old.is_stale() }).await;
+    wait_until(Duration::from_secs(20), || async { old.is_stale() })
+        .await
+        .expect("the loss is noticed");
     assert!(!readiness.get());
-    eventually(20, "reconnect attempts fail while frozen", || async {
+    wait_until(Duration::from_secs(20), || async {
         calls.lock().unwrap().len() >= 2
     })
-    .await;
+    .await
+    .expect("reconnect attempts fail while frozen");
     proxy.resume();
 
     let (again, errors) = next_message(&mut stream, 30).await;
@@ -940,17 +879,16 @@ async fn a_frozen_network_is_detected_by_heartbeats_and_the_source_comes_back() 
         Err(SettleError::ChannelClosed)
     ));
     again.settlement().settle(Action::Ack).unwrap();
-    eventually(5, "ready again", || async { readiness.get() }).await;
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
+    wait_until(Duration::from_secs(5), || async { readiness.get() })
+        .await
+        .expect("ready again");
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prefetch_is_applied_again_after_a_reconnect() {
     let conn = connect().await;
-    let q = unique_name("qos-again");
-    declare_queue(&conn, &q).await;
+    let q = TestQueue::declare(&conn, "qos-again").await;
     publish_n(&conn, &q, 6).await;
 
     let name = unique_name("qos-conn");
@@ -962,8 +900,13 @@ async fn the_prefetch_is_applied_again_after_a_reconnect() {
     .unwrap();
     let (mut stream, shutdown, _) = start(src, "qos-again");
     let before = next_messages(&mut stream, 2, 10).await;
-    assert_eq!(close_connection_named(&name).await, 1);
-    eventually(10, "the loss is noticed", || async { before[0].is_stale() }).await;
+    assert_eq!(
+        close_connections_named(&name, "closed by an asyncworker test").await,
+        1
+    );
+    wait_until(Duration::from_secs(10), || async { before[0].is_stale() })
+        .await
+        .expect("the loss is noticed");
 
     // On the new connection, still only two unsettled deliveries at a time.
     let after = next_messages(&mut stream, 2, 20).await;
@@ -977,9 +920,7 @@ async fn the_prefetch_is_applied_again_after_a_reconnect() {
         m.settlement().settle(Action::Ack).unwrap();
     }
     drop(before);
-    stop(stream, shutdown).await;
-    assert_counts(&conn, &q, (0, 0)).await;
-    delete_queue(&conn, &q).await;
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,8 +73,7 @@ async fn passwords_never_reach_the_logs() {
         .build()
         .unwrap();
     let conn = support::connect().await;
-    let q = support::unique_name("logs");
-    support::declare_queue(&conn, &q).await;
+    let q = support::TestQueue::declare(&conn, "logs").await;
     support::publish_bodies(&conn, &q, [b"x"]).await;
     let mut stream = AmqpSource::builder(good, [q.as_str()])
         .build()
@@ -94,7 +93,7 @@ async fn passwords_never_reach_the_logs() {
         .expect("the stream ends")
         .is_some()
     {}
-    support::delete_queue(&conn, &q).await;
+
     support::rabbitmqctl_ok(&["delete_user", &user]).await;
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();

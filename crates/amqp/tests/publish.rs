@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use asyncworker_amqp::lapin::message::BasicGetMessage;
 use asyncworker_amqp::lapin::options::BasicGetOptions;
 use asyncworker_amqp::lapin::types::{AMQPValue, LongString};
-use asyncworker_amqp::{AmqpConfig, OutgoingMessage, PublishError, Publisher};
+use asyncworker_amqp::{AmqpConfig, AmqpConfigBuilder, OutgoingMessage, PublishError, Publisher};
 use serde::{Deserialize, Serialize};
 use support::*;
 use tokio::sync::RwLock;
@@ -18,6 +18,31 @@ static BROKER_ALARM: RwLock<()> = RwLock::const_new(());
 
 fn config() -> AmqpConfig {
     AmqpConfig::from_url(&amqp_url()).expect("the test broker URL is valid")
+}
+
+/// What most tests start with: a shared hold on [`BROKER_ALARM`], a connection to the test
+/// broker, and a queue of their own named after `name`.
+async fn setup(
+    name: &str,
+) -> (
+    tokio::sync::RwLockReadGuard<'static, ()>,
+    lapin::Connection,
+    TestQueue,
+) {
+    let shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let queue = TestQueue::declare(&connection, name).await;
+    (shared, connection, queue)
+}
+
+/// A unique connection name made from `name`, and a configuration builder on `url` that
+/// gives it to the broker (so `rabbitmqctl` can find the connection).
+fn named(url: &str, name: &str) -> (String, AmqpConfigBuilder) {
+    let name = unique_name(name);
+    let config = AmqpConfig::builder()
+        .url(url)
+        .connection_name(name.as_str());
+    (name, config)
 }
 
 /// Takes the next message of `queue` (`basic.get`, auto-ack).
@@ -34,10 +59,7 @@ async fn get(connection: &lapin::Connection, queue: &str) -> BasicGetMessage {
 
 #[tokio::test]
 async fn confirmed_publish_arrives_with_its_properties_and_persistent() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-props");
-    declare_queue(&connection, &queue).await;
+    let (_shared, connection, queue) = setup("publish-props").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let shown = format!("{publisher:?}");
     assert!(
@@ -100,8 +122,6 @@ async fn confirmed_publish_arrives_with_its_properties_and_persistent() {
     let got = get(&connection, &queue).await;
     assert_eq!(got.delivery.data, b"light");
     assert_eq!(*got.delivery.properties.delivery_mode(), Some(1));
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
@@ -140,8 +160,7 @@ async fn mandatory_unroutable_message_is_an_error_and_the_publisher_goes_on() {
 
     // A publisher whose default is mandatory; routable messages still go through, and the
     // error belongs to the unroutable one even when they are published concurrently.
-    let queue = unique_name("publish-mandatory");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-mandatory").await;
     let strict = Publisher::builder()
         .mandatory(true)
         .connect(&config())
@@ -159,8 +178,6 @@ async fn mandatory_unroutable_message_is_an_error_and_the_publisher_goes_on() {
         "{unroutable:?}"
     );
     assert_eq!(message_count(&connection, &queue).await, 2);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -171,10 +188,7 @@ struct Count {
 
 #[tokio::test]
 async fn json_round_trip_keeps_empty_object_empty_array_and_zero() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-json");
-    declare_queue(&connection, &queue).await;
+    let (_shared, connection, queue) = setup("publish-json").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
 
     let values = [
@@ -223,16 +237,11 @@ async fn json_round_trip_keeps_empty_object_empty_array_and_zero() {
     let got = get(&connection, &queue).await;
     let decoded: Count = serde_json::from_slice(&got.delivery.data).unwrap();
     assert_eq!(decoded, count);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn missing_exchange_is_exchange_not_found_and_the_next_publish_works() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-after-404");
-    declare_queue(&connection, &queue).await;
+    let (_shared, connection, queue) = setup("publish-after-404").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let exchange = unique_name("no-such-exchange");
 
@@ -251,22 +260,17 @@ async fn missing_exchange_is_exchange_not_found_and_the_next_publish_works() {
         .await
         .expect("published on a fresh channel");
     assert_eq!(message_count(&connection, &queue).await, 1);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn concurrent_publishes_from_clones_are_all_confirmed() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-concurrent");
-    declare_queue(&connection, &queue).await;
+    let (_shared, connection, queue) = setup("publish-concurrent").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
 
     let tasks: Vec<_> = (0..8)
         .map(|task| {
             let publisher = publisher.clone();
-            let queue = queue.clone();
+            let queue = queue.to_string();
             tokio::spawn(async move {
                 for i in 0..50 {
                     publisher
@@ -281,22 +285,13 @@ async fn concurrent_publishes_from_clones_are_all_confirmed() {
         task.await.expect("publishing task");
     }
     assert_eq!(message_count(&connection, &queue).await, 400);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn publisher_reconnects_after_the_broker_closes_its_connection() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-reconnect");
-    declare_queue(&connection, &queue).await;
-    let name = unique_name("publisher");
-    let config = AmqpConfig::builder()
-        .url(&amqp_url())
-        .connection_name(name.as_str())
-        .build()
-        .expect("config");
+    let (_shared, _connection, queue) = setup("publish-reconnect").await;
+    let (name, config) = named(&amqp_url(), "publisher");
+    let config = config.build().expect("config");
     let publisher = Publisher::connect(&config).await.expect("publisher");
     publisher
         .publish_bytes("", &queue, "before")
@@ -306,20 +301,16 @@ async fn publisher_reconnects_after_the_broker_closes_its_connection() {
     assert_eq!(close_connections_named(&name, "publisher test").await, 1);
     // Publishes right after the close may fail while the client learns of it; within a few
     // seconds one succeeds on a new connection.
-    let recovered = wait_until(Duration::from_secs(15), || async {
+    wait_until(Duration::from_secs(15), || async {
         publisher.publish_bytes("", &queue, "after").await.is_ok()
     })
-    .await;
-    assert!(recovered, "the publisher never reconnected");
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            connections_named(&name).await.len() == 1
-        })
-        .await,
-        "expected exactly one live publisher connection"
-    );
-
-    delete_queue(&connection, &queue).await;
+    .await
+    .expect("the publisher to reconnect");
+    wait_until(Duration::from_secs(10), || async {
+        connections_named(&name).await.len() == 1
+    })
+    .await
+    .expect("exactly one live publisher connection");
 }
 
 #[tokio::test]
@@ -336,8 +327,7 @@ async fn zero_timeout_is_rejected_at_build_time() {
 async fn blocked_connection_gives_a_timeout_error_not_a_hang() {
     let _exclusive = BROKER_ALARM.write().await;
     let connection = connect().await;
-    let queue = unique_name("publish-blocked");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-blocked").await;
     let timeout = Duration::from_millis(1500);
     let publisher = Publisher::builder()
         .timeout(timeout)
@@ -376,24 +366,16 @@ async fn blocked_connection_gives_a_timeout_error_not_a_hang() {
     }
 
     // Alarm cleared: the same publisher works again.
-    let recovered = wait_until(Duration::from_secs(15), || async {
+    wait_until(Duration::from_secs(15), || async {
         publisher.publish_bytes("", &queue, "after").await.is_ok()
     })
-    .await;
-    assert!(
-        recovered,
-        "publishing did not resume after the alarm cleared"
-    );
-
-    delete_queue(&connection, &queue).await;
+    .await
+    .expect("publishing to resume after the alarm cleared");
 }
 
 #[tokio::test]
 async fn broker_outage_gives_a_timeout_error_and_the_publisher_recovers() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-outage");
-    declare_queue(&connection, &queue).await;
+    let (_shared, connection, queue) = setup("publish-outage").await;
     // The outage is simulated by a proxy between this publisher and the broker, so other
     // tests' connections are not disturbed.
     let proxy = TcpProxy::to_broker().await;
@@ -427,23 +409,18 @@ async fn broker_outage_gives_a_timeout_error_and_the_publisher_recovers() {
     );
 
     proxy.resume();
-    let recovered = wait_until(Duration::from_secs(10), || async {
+    wait_until(Duration::from_secs(10), || async {
         publisher.publish_bytes("", &queue, "after").await.is_ok()
     })
-    .await;
-    assert!(recovered, "publishing did not resume after the outage");
+    .await
+    .expect("publishing to resume after the outage");
     // "before" and at least one "after"; the timed-out one may have arrived too.
     assert!(message_count(&connection, &queue).await >= 2);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn severed_connection_is_replaced_by_a_new_one() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-severed");
-    declare_queue(&connection, &queue).await;
+    let (_shared, _connection, queue) = setup("publish-severed").await;
     let proxy = TcpProxy::to_broker().await;
     let publisher = Publisher::builder()
         .timeout(Duration::from_secs(2))
@@ -457,14 +434,12 @@ async fn severed_connection_is_replaced_by_a_new_one() {
     assert_eq!(proxy.connections_accepted(), 1);
 
     proxy.sever();
-    let recovered = wait_until(Duration::from_secs(15), || async {
+    wait_until(Duration::from_secs(15), || async {
         publisher.publish_bytes("", &queue, "after").await.is_ok()
     })
-    .await;
-    assert!(recovered, "the publisher never reconnected");
+    .await
+    .expect("the publisher to reconnect");
     assert_eq!(proxy.connections_accepted(), 2, "one new connection");
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
@@ -481,7 +456,8 @@ async fn unreachable_broker_is_a_connect_error() {
         .await
         .expect_err("nothing listens there");
     assert!(matches!(error, PublishError::Connect(_)), "{error:?}");
-    let text = error.to_string();
+    // The endpoint is named by the cause (the source), not repeated by the PublishError.
+    let text = error_chain(&error);
     assert!(text.contains(&port.to_string()), "{text}");
     assert!(
         !text.contains("guest:guest"),
@@ -492,10 +468,7 @@ async fn unreachable_broker_is_a_connect_error() {
 
 #[tokio::test]
 async fn publish_all_reports_each_outcome_in_order() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-all");
-    declare_queue(&connection, &queue).await;
+    let (_shared, connection, queue) = setup("publish-all").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let nowhere = unique_name("no-such-queue");
 
@@ -519,20 +492,13 @@ async fn publish_all_reports_each_outcome_in_order() {
         }
     }
     assert_eq!(message_count(&connection, &queue).await, 100);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-tls");
-    declare_queue(&connection, &queue).await;
-    let name = unique_name("tls-publisher");
-    let config = AmqpConfig::builder()
-        .url(&amqps_url())
-        .connection_name(name.as_str())
+    let (_shared, connection, queue) = setup("publish-tls").await;
+    let (name, config) = named(&amqps_url(), "tls-publisher");
+    let config = config
         .tls_ca_file(tls_ca_cert())
         .tls_client_cert_files(tls_client_cert(), tls_client_key())
         .build()
@@ -566,16 +532,11 @@ async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
         .await
         .expect_err("the broker's certificate is not signed by that CA");
     assert!(matches!(error, PublishError::Connect(_)), "{error:?}");
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn a_cancelled_mandatory_publish_does_not_blame_the_next_one() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-cancelled");
-    declare_queue(&connection, &queue).await;
+    let (_shared, connection, queue) = setup("publish-cancelled").await;
     let proxy = TcpProxy::to_broker().await;
     let publisher = Publisher::builder()
         .mandatory(true)
@@ -605,8 +566,6 @@ async fn a_cancelled_mandatory_publish_does_not_blame_the_next_one() {
         .await
         .expect("a routable message is not reported unroutable");
     assert_eq!(message_count(&connection, &queue).await, 2);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
@@ -621,8 +580,7 @@ async fn publish_outcomes_are_counted() {
     let _local = metrics::set_default_local_recorder(&recorder);
 
     let connection = connect().await;
-    let queue = unique_name("publish-metrics");
-    declare_queue(&connection, &queue).await;
+    let queue = TestQueue::declare(&connection, "publish-metrics").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     for _ in 0..3 {
         publisher
@@ -652,22 +610,13 @@ async fn publish_outcomes_are_counted() {
     }
     assert_eq!(counts.get("confirmed"), Some(&3), "{counts:?}");
     assert_eq!(counts.get("unroutable"), Some(&1), "{counts:?}");
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]
 async fn close_ends_publishing_and_the_connection() {
-    let _shared = BROKER_ALARM.read().await;
-    let connection = connect().await;
-    let queue = unique_name("publish-close");
-    declare_queue(&connection, &queue).await;
-    let name = unique_name("closing-publisher");
-    let config = AmqpConfig::builder()
-        .url(&amqp_url())
-        .connection_name(name.as_str())
-        .build()
-        .expect("config");
+    let (_shared, connection, queue) = setup("publish-close").await;
+    let (name, config) = named(&amqp_url(), "closing-publisher");
+    let config = config.build().expect("config");
     let publisher = Publisher::connect(&config).await.expect("publisher");
     let clone = publisher.clone();
     publisher
@@ -683,16 +632,12 @@ async fn close_ends_publishing_and_the_connection() {
         .await
         .expect_err("closed");
     assert!(matches!(error, PublishError::Closed), "{error:?}");
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            connections_named(&name).await.is_empty()
-        })
-        .await,
-        "the publisher's connection is gone from the broker"
-    );
+    wait_until(Duration::from_secs(10), || async {
+        connections_named(&name).await.is_empty()
+    })
+    .await
+    .expect("the publisher's connection is gone from the broker");
     assert_eq!(message_count(&connection, &queue).await, 1);
-
-    delete_queue(&connection, &queue).await;
 }
 
 #[tokio::test]

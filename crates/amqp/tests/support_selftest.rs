@@ -42,13 +42,25 @@ fn tls_material_exists() {
     }
 }
 
+/// Waits (up to 10 s) for `queue` to hold `expected` ready messages.
+async fn ready_becomes(connection: &lapin::Connection, queue: &str, expected: u32) -> bool {
+    wait_until(Duration::from_secs(10), || async {
+        queue_counts(connection, queue)
+            .await
+            .ok()
+            .map(|c| c.messages)
+            == Some(expected)
+    })
+    .await
+    .held()
+}
+
 #[tokio::test]
 async fn published_messages_are_counted_and_rejected_ones_dead_lettered() {
     let connection = connect().await;
-    let queue = unique_name("selftest");
-    let dlq = declare_queue_with_dlq(&connection, &queue).await;
+    let (queue, dlq) = TestQueue::declare_with_dlq(&connection, "selftest").await;
     publish_n(&connection, &queue, 3).await;
-    wait_for_message_count(&connection, &queue, 3, Duration::from_secs(10)).await;
+    assert!(ready_becomes(&connection, &queue, 3).await);
     assert_eq!(consumer_count(&connection, &queue).await, 0);
 
     // Reject one through basic.get: it must land in the dead-letter queue.
@@ -67,14 +79,17 @@ async fn published_messages_are_counted_and_rejected_ones_dead_lettered() {
         .reject(lapin::options::BasicRejectOptions { requeue: false })
         .await
         .expect("reject");
-    wait_for_message_count(&connection, &dlq, 1, Duration::from_secs(10)).await;
-    wait_for_message_count(&connection, &queue, 2, Duration::from_secs(10)).await;
+    assert!(ready_becomes(&connection, &dlq, 1).await);
+    assert!(ready_becomes(&connection, &queue, 2).await);
 
     let info = queue_info("/", &queue).await.expect("listed");
     assert_eq!((info.messages_ready, info.messages_unacknowledged), (2, 0));
 
-    delete_queues(&connection, [&queue, &dlq]).await;
-    assert!(!queue_exists(&connection, &queue).await);
+    // The guards delete their queues when dropped.
+    let names = (queue.to_string(), dlq.to_string());
+    drop((queue, dlq));
+    assert!(!queue_exists(&connection, &names.0).await);
+    assert!(!queue_exists(&connection, &names.1).await);
 }
 
 #[tokio::test]
@@ -97,11 +112,9 @@ async fn vhost_guard_creates_usable_vhost_and_connections_are_listed_by_name() {
     assert!(!listed[0].ssl);
 
     close_all_connections(vhost.name(), "selftest").await;
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            !connection.status().connected()
-        })
-        .await,
-        "the broker did not close the connection"
-    );
+    wait_until(Duration::from_secs(10), || async {
+        !connection.status().connected()
+    })
+    .await
+    .expect("the broker did not close the connection");
 }

@@ -1,0 +1,98 @@
+//! Opening a connection from an [`AmqpConfig`].
+
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::LongString;
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::{Connection, ConnectionProperties};
+
+use super::AmqpConfig;
+use crate::error::AmqpError;
+
+impl AmqpConfig {
+    /// Open a connection to the configuration's default virtual host.
+    ///
+    /// Used by the sources of this crate, and handy for setup code (declaring queues) and for
+    /// publishers. No retry here: the sources retry with the reconnect policy.
+    ///
+    /// # Errors
+    ///
+    /// An [`AmqpError`] classifying the failure (authentication, vhost access, network).
+    pub async fn connect(&self) -> Result<Connection, AmqpError> {
+        self.connect_vhost(self.vhost()).await
+    }
+
+    /// Open a connection to `vhost`.
+    ///
+    /// # Errors
+    ///
+    /// As [`AmqpConfig::connect`].
+    pub async fn connect_vhost(&self, vhost: &str) -> Result<Connection, AmqpError> {
+        self.connect_attempt(vhost, 1).await
+    }
+
+    pub(crate) async fn connect_attempt(
+        &self,
+        vhost: &str,
+        attempt: u32,
+    ) -> Result<Connection, AmqpError> {
+        let endpoint = self.endpoint(vhost);
+        let fail = |e: lapin::Error| AmqpError::connect(endpoint.clone(), attempt, e);
+        let runtime = lapin::runtime::default_runtime().map_err(&fail)?;
+        let inner = &*self.inner;
+        let uri = AMQPUri {
+            scheme: if inner.tls.is_some() {
+                AMQPScheme::AMQPS
+            } else {
+                AMQPScheme::AMQP
+            },
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo {
+                    username: inner.common.user.clone(),
+                    password: inner.common.password.0.clone(),
+                },
+                host: inner.common.host.clone(),
+                port: inner.port,
+            },
+            vhost: vhost.to_owned(),
+            query: AMQPQueryString {
+                frame_max: inner.common.frame_max,
+                channel_max: inner.common.channel_max,
+                heartbeat: Some(inner.heartbeat),
+                connection_timeout: Some(
+                    u64::try_from(inner.common.connection_timeout.as_millis()).unwrap_or(u64::MAX),
+                ),
+                auth_mechanism: None,
+            },
+        };
+        let mut props = ConnectionProperties::default().with_client_property(
+            "product".into(),
+            LongString::from(concat!("asyncworker-amqp ", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Some(name) = &inner.common.connection_name {
+            props = props.with_connection_name(LongString::from(name.as_str()));
+        }
+        let tls = match &inner.tls {
+            Some(tls) => OwnedTLSConfig {
+                identity: tls.client.as_ref().map(|(cert, key)| OwnedIdentity::PKCS8 {
+                    pem: cert.clone(),
+                    key: key.0.as_bytes().to_vec(),
+                }),
+                cert_chain: tls.ca_pem.clone(),
+            },
+            None => OwnedTLSConfig::default(),
+        };
+        // The connection timeout in the URI covers the TCP connect only: bound the whole
+        // handshake too, so a broker that accepts and then stalls cannot hang a worker.
+        let connect = Connection::connect_uri_with_config(uri, props, tls, runtime);
+        match tokio::time::timeout(inner.common.connection_timeout, connect).await {
+            Ok(result) => result.map_err(fail),
+            Err(_) => Err(fail(lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the connection was not established within {:?}",
+                    inner.common.connection_timeout
+                ),
+            )))),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Parsing an `amqp://` / `amqps://` URL into an [`AmqpConfigBuilder`].
+
+use std::time::Duration;
+
+use super::AmqpConfigBuilder;
+use super::values::Secret;
+
+impl AmqpConfigBuilder {
+    pub(super) fn apply_url(&mut self, raw: &str) -> Result<(), String> {
+        // Never echo `raw`: it may hold a password.
+        let url = url::Url::parse(raw.trim()).map_err(|e| {
+            format!("malformed AMQP URL ({e}); expected amqp://user:password@host:port/vhost")
+        })?;
+        match url.scheme() {
+            "amqp" => self.tls = false,
+            "amqps" => self.tls = true,
+            other => {
+                return Err(format!(
+                    "unsupported URL scheme {other:?}: expected amqp:// or amqps://"
+                ));
+            }
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => percent_decode(d, "host")?,
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err("the AMQP URL has no host".to_owned()),
+        };
+        if host.is_empty() {
+            return Err("the AMQP URL has no host".to_owned());
+        }
+        self.common.host = host;
+        self.port = url.port();
+        if !url.username().is_empty() {
+            self.common.user = percent_decode(url.username(), "user name")?;
+        }
+        if let Some(password) = url.password() {
+            self.common.password = Secret(percent_decode(password, "password")?);
+        }
+        // RabbitMQ's URI spec: no path → the default vhost (ours: ASYNCWORKER_AMQP_DEFAULT_VHOST,
+        // else "/"), so the builder's vhost stays; otherwise the one path segment,
+        // percent-decoded (so "/%2f" is "/" and "/" alone is the empty vhost "").
+        let path = url.path();
+        if !path.is_empty() {
+            let segment = &path[1..];
+            if segment.contains('/') {
+                return Err(
+                    "the AMQP URL's vhost must be a single path segment (write \"/\" inside a \
+                     vhost name as %2f)"
+                        .to_owned(),
+                );
+            }
+            self.common.vhost = percent_decode(segment, "vhost")?;
+        }
+        for (key, value) in url.query_pairs() {
+            let int = |what: &str| -> Result<u64, String> {
+                value.parse::<u64>().map_err(|_| {
+                    format!("the AMQP URL's {what} must be a non-negative integer, got {value:?}")
+                })
+            };
+            match &*key {
+                "heartbeat" => self.heartbeat = Duration::from_secs(int("heartbeat")?),
+                "connection_timeout" => {
+                    self.common.connection_timeout =
+                        Duration::from_millis(int("connection_timeout")?);
+                }
+                "prefetch" | "prefetch_count" => {
+                    self.common.prefetch = u16::try_from(int("prefetch")?)
+                        .map_err(|_| format!("prefetch must be at most {}", u16::MAX))?;
+                }
+                "connection_name" => self.common.connection_name = Some(value.into_owned()),
+                "frame_max" => {
+                    self.common.frame_max = Some(
+                        u32::try_from(int("frame_max")?)
+                            .map_err(|_| "frame_max is too large".to_owned())?,
+                    );
+                }
+                "channel_max" => {
+                    self.common.channel_max = Some(
+                        u16::try_from(int("channel_max")?)
+                            .map_err(|_| "channel_max is too large".to_owned())?,
+                    );
+                }
+                other => {
+                    return Err(format!(
+                        "unknown AMQP URL parameter {other:?} (known: heartbeat, \
+                         connection_timeout, prefetch, connection_name, frame_max, channel_max)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Percent-decodes one part of the URL (`what` names it in errors) with `percent-encoding`.
+/// That crate passes a malformed escape (`%zz`, a `%` at the end) through as text; here it is
+/// an error, so a typo in a password or vhost never connects with the wrong value.
+fn percent_decode(s: &str, what: &str) -> Result<String, String> {
+    let malformed = s.split('%').skip(1).any(|after| {
+        !after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return Err(format!(
+            "the AMQP URL's {what} has an invalid percent-escape"
+        ));
+    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| format!("the AMQP URL's {what} is not valid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AmqpConfig;
+
+    #[test]
+    fn percent_escapes_decode_and_malformed_ones_are_errors() {
+        assert_eq!(percent_decode("a%2Fb%2f%40", "vhost").unwrap(), "a/b/@");
+        assert_eq!(percent_decode("caf%C3%A9", "vhost").unwrap(), "café");
+        assert_eq!(percent_decode("plain", "vhost").unwrap(), "plain");
+        for bad in ["%zz", "%2", "x%", "%%41"] {
+            let e = percent_decode(bad, "vhost").unwrap_err();
+            assert!(
+                e.contains("vhost") && e.contains("percent-escape"),
+                "{bad}: {e}"
+            );
+        }
+        let e = percent_decode("%FF", "password").unwrap_err();
+        assert!(e.contains("password") && e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn url_parts_are_parsed() {
+        let c = AmqpConfig::from_url(
+            "amqps://us%40er:p%3Ass@broker.example:1234/my%2fvhost?heartbeat=5&prefetch=10&connection_name=w1&connection_timeout=2500",
+        )
+        .unwrap();
+        assert!(c.tls());
+        assert_eq!(c.user(), "us@er");
+        assert_eq!(c.inner.common.password.0, "p:ss");
+        assert_eq!(c.host(), "broker.example");
+        assert_eq!(c.port(), 1234);
+        assert_eq!(c.vhost(), "my/vhost");
+        assert_eq!(c.heartbeat(), Duration::from_secs(5));
+        assert_eq!(c.prefetch(), 10);
+        assert_eq!(c.connection_name(), Some("w1"));
+        assert_eq!(c.connection_timeout(), Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn ip_hosts_are_kept() {
+        // amq-protocol-uri maps IP hosts to "localhost"; this parser must not.
+        let c = AmqpConfig::from_url("amqp://10.1.2.3").unwrap();
+        assert_eq!(c.host(), "10.1.2.3");
+        assert_eq!(c.port(), 5672);
+        assert_eq!(c.vhost(), "/");
+        let c = AmqpConfig::from_url("amqp://[::1]:5673/%2f").unwrap();
+        assert_eq!(c.host(), "::1");
+        assert_eq!(c.port(), 5673);
+        assert_eq!(c.vhost(), "/");
+    }
+}

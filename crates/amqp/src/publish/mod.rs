@@ -1,0 +1,21 @@
+//! Publishing with publisher confirms: [`Publisher`], [`PublisherBuilder`], [`OutgoingMessage`]
+//! and [`PublishError`].
+
+mod builder;
+mod error;
+mod message;
+mod publisher;
+
+use std::time::Duration;
+
+pub use builder::PublisherBuilder;
+pub use error::PublishError;
+pub use message::{HeaderValue, OutgoingMessage};
+pub use publisher::Publisher;
+
+/// How long a publish may take, from the call to the broker's confirm, unless
+/// [`PublisherBuilder::timeout`] says otherwise.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The content type of [`OutgoingMessage::json`] messages.
+pub const JSON_CONTENT_TYPE: &str = "application/json";

@@ -1,0 +1,315 @@
+//! The route's background task: connects, reconnects, runs one queue task per queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::{Connection, Event};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::Callback;
+use crate::config::AmqpConfig;
+use crate::consumer::{Item, QueueTask, RouteShared};
+use crate::error::AmqpError;
+use crate::message::QueueMeta;
+
+/// How often the supervisor checks the connection's state, besides lapin's events.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a graceful connection close may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The route's background task: connects, reconnects, runs the queue tasks.
+pub(super) struct Supervisor {
+    pub(super) shared: Arc<RouteShared>,
+    pub(super) config: AmqpConfig,
+    pub(super) queues: Vec<Arc<QueueMeta>>,
+    pub(super) callback: Option<Callback>,
+    /// Dropped as soon as the source stops, so the stream ends while handed-out messages are
+    /// still being settled.
+    pub(super) out: Option<mpsc::UnboundedSender<Item>>,
+    pub(super) shutdown: asyncworker_core::Shutdown,
+}
+
+enum Generation {
+    Lost,
+    Stopped,
+}
+
+impl Supervisor {
+    pub(super) async fn run(self) {
+        let stop = self.shared.stop.clone();
+        let shutdown = self.shutdown.clone();
+        // The runtime's shutdown stops the source; so does dropping the stream.
+        let relay = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown.triggered() => stop.cancel(),
+                    () = stop.cancelled() => {}
+                }
+            }
+        });
+        self.supervise().await;
+        relay.abort();
+    }
+
+    fn emit(&self, item: Item) {
+        if let Some(out) = &self.out {
+            let _ = out.send(item);
+        }
+    }
+
+    fn gauge(&self, connected: bool) {
+        let e = &self.shared.endpoint;
+        metrics::gauge!(
+            "asyncworker_amqp_connection_state",
+            "route" => self.shared.route.to_string(),
+            "host" => e.host().to_owned(),
+            "vhost" => e.vhost().to_owned(),
+        )
+        .set(if connected { 1.0 } else { 0.0 });
+    }
+
+    async fn supervise(mut self) {
+        let stop = self.shared.stop.clone();
+        let endpoint = self.shared.endpoint.clone();
+        let host = endpoint.host().to_owned();
+        let mut attempt = 0u32;
+        let mut reconnecting = false;
+        self.gauge(false);
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            attempt = attempt.saturating_add(1);
+            if reconnecting {
+                metrics::counter!("asyncworker_amqp_reconnects_total", "host" => host.clone())
+                    .increment(1);
+            }
+            tracing::debug!(route = %self.shared.route, %endpoint, attempt, "connecting");
+            let connected = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                c = self.config.connect_attempt(endpoint.vhost(), attempt) => c,
+            };
+            let conn = match connected {
+                Ok(conn) => conn,
+                Err(error) => {
+                    reconnecting = true;
+                    metrics::counter!(
+                        "asyncworker_amqp_connection_failures_total",
+                        "host" => host.clone(),
+                        "kind" => error.kind(),
+                    )
+                    .increment(1);
+                    if let Some(callback) = &self.callback {
+                        (callback.0)(&error, attempt);
+                    }
+                    let next = attempt.saturating_add(1);
+                    if self.shared.max_attempts.is_some_and(|max| next > max) {
+                        tracing::error!(
+                            route = %self.shared.route,
+                            host = %endpoint.host(),
+                            vhost = %endpoint.vhost(),
+                            attempt,
+                            error = &error as &dyn std::error::Error,
+                            "cannot connect; giving up",
+                        );
+                        self.emit(Err(error.clone()));
+                        self.emit(Err(AmqpError::GaveUp {
+                            endpoint: endpoint.clone(),
+                            attempts: attempt,
+                            last: Box::new(error),
+                        }));
+                        break;
+                    }
+                    let delay = self.shared.backoff.delay(attempt);
+                    tracing::warn!(
+                        route = %self.shared.route,
+                        host = %endpoint.host(),
+                        vhost = %endpoint.vhost(),
+                        attempt,
+                        retry_in = ?delay,
+                        error = &error as &dyn std::error::Error,
+                        "cannot connect; retrying",
+                    );
+                    self.emit(Err(error));
+                    tokio::select! {
+                        biased;
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            tracing::info!(
+                route = %self.shared.route,
+                host = %endpoint.host(),
+                port = endpoint.port(),
+                vhost = %endpoint.vhost(),
+                heartbeat = conn.configuration().heartbeat(),
+                "connected",
+            );
+            attempt = 0;
+            reconnecting = true;
+            self.shared.take_loss();
+            self.gauge(true);
+            match self.run_connection(Arc::new(conn)).await {
+                Generation::Stopped => break,
+                Generation::Lost => {
+                    self.gauge(false);
+                    let reason = self
+                        .shared
+                        .take_loss()
+                        .unwrap_or_else(|| "the connection closed".to_owned());
+                    tracing::warn!(
+                        route = %self.shared.route,
+                        host = %endpoint.host(),
+                        vhost = %endpoint.vhost(),
+                        %reason,
+                        "connection lost; reconnecting",
+                    );
+                    let error = AmqpError::ConnectionLost {
+                        endpoint: endpoint.clone(),
+                        reason,
+                    };
+                    self.emit(Err(error));
+                }
+            }
+        }
+        self.shared.readiness.set(false);
+        self.gauge(false);
+        tracing::debug!(route = %self.shared.route, "AMQP source stopped");
+    }
+
+    /// Run the queue tasks on `conn` until it is lost or the source stops.
+    async fn run_connection(&mut self, conn: Arc<Connection>) -> Generation {
+        let stop = &self.shared.stop;
+        let lost = CancellationToken::new();
+        let events = tokio::spawn(watch_events(
+            conn.clone(),
+            lost.clone(),
+            self.shared.clone(),
+        ));
+        let mut tasks = JoinSet::new();
+        for queue in &self.queues {
+            tasks.spawn(
+                QueueTask {
+                    shared: self.shared.clone(),
+                    queue: queue.clone(),
+                    conn: conn.clone(),
+                    connection_lost: lost.clone(),
+                    out: self.out.clone(),
+                }
+                .run(),
+            );
+        }
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                () = lost.cancelled() => break Generation::Lost,
+                () = stop.cancelled() => break Generation::Stopped,
+                () = tokio::time::sleep(WATCH_INTERVAL) => {
+                    if !conn.status().connected() {
+                        self.shared.note_loss(|| {
+                            let status = conn.status();
+                            if status.errored() {
+                                "the connection failed".to_owned()
+                            } else {
+                                "the connection was closed".to_owned()
+                            }
+                        });
+                        lost.cancel();
+                    }
+                }
+            }
+        };
+        self.shared.readiness.set(false);
+        match outcome {
+            Generation::Lost => {
+                // The queue tasks see `lost` and end at once.
+                while tasks.join_next().await.is_some() {}
+            }
+            Generation::Stopped => {
+                self.out = None;
+                // The queue tasks cancel their consumers and wait for their handed-out
+                // messages to be settled — unless the connection dies meanwhile.
+                loop {
+                    tokio::select! {
+                        joined = tasks.join_next() => if joined.is_none() { break },
+                        () = tokio::time::sleep(WATCH_INTERVAL) => {
+                            if !conn.status().connected() {
+                                lost.cancel();
+                            }
+                        }
+                    }
+                }
+                if conn.status().connected() {
+                    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "OK".into())).await {
+                        Ok(Ok(())) => {
+                            tracing::debug!(route = %self.shared.route, "connection closed")
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(route = %self.shared.route, error = %e, "connection close failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(route = %self.shared.route, "connection close timed out")
+                        }
+                    }
+                }
+            }
+        }
+        lost.cancel();
+        events.abort();
+        outcome
+    }
+}
+
+/// Log and count the connection's events; notice its loss.
+async fn watch_events(conn: Arc<Connection>, lost: CancellationToken, shared: Arc<RouteShared>) {
+    let mut events = conn.events_listener();
+    let host = shared.endpoint.host().to_owned();
+    let blocked = metrics::gauge!(
+        "asyncworker_amqp_connection_blocked",
+        "route" => shared.route.to_string(),
+        "host" => host.clone(),
+    );
+    blocked.set(0.0);
+    loop {
+        let event = tokio::select! {
+            () = lost.cancelled() => break,
+            e = events.next() => match e { Some(e) => e, None => break },
+        };
+        match event {
+            Event::ConnectionBlocked(reason) => {
+                tracing::warn!(
+                    route = %shared.route,
+                    host = %host,
+                    vhost = %shared.endpoint.vhost(),
+                    %reason,
+                    "the broker blocked the connection (resource alarm): publishing stalls",
+                );
+                metrics::counter!("asyncworker_amqp_connection_blocked_total", "host" => host.clone())
+                    .increment(1);
+                blocked.set(1.0);
+            }
+            Event::ConnectionUnblocked => {
+                tracing::info!(
+                    route = %shared.route,
+                    host = %host,
+                    vhost = %shared.endpoint.vhost(),
+                    "the broker unblocked the connection",
+                );
+                blocked.set(0.0);
+            }
+            Event::Error(error) if !conn.status().connected() => {
+                tracing::debug!(route = %shared.route, %error, "connection error");
+                shared.note_loss(|| error.to_string());
+                lost.cancel();
+            }
+            _ => {}
+        }
+    }
+    blocked.set(0.0);
+}
