@@ -199,8 +199,8 @@ impl RouteOptions {
         self.validate()?;
         let mut bulk = BulkLayer::new(self.bulk_size)?
             .flush_interval(self.flush_interval.unwrap_or(cx.flush_interval))
-            .max_in_flight(cx.max_in_flight)
-            .shutdown(cx.shutdown.clone())
+            .max_in_flight(cx.max_in_flight)?
+            .with_shutdown(cx.shutdown.clone())
             .metrics(cx.metrics.clone());
         if let Some(n) = self.max_concurrent_batches {
             bulk = bulk.max_concurrent_batches(n)?;
@@ -237,7 +237,7 @@ impl RouteContext {
         &self.name
     }
 
-    /// The shutdown signal: give it to `BulkLayer::shutdown` and `RetryLayer::with_shutdown`.
+    /// The shutdown signal: give it to `BulkLayer::with_shutdown` and `RetryLayer::with_shutdown`.
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
     }
@@ -266,8 +266,8 @@ impl RouteContext {
     pub fn bulk_layer<M>(&self, size: usize) -> Result<BulkLayer<M>, Error> {
         Ok(BulkLayer::new(size)?
             .flush_interval(self.flush_interval)
-            .max_in_flight(self.max_in_flight)
-            .shutdown(self.shutdown.clone())
+            .max_in_flight(self.max_in_flight)?
+            .with_shutdown(self.shutdown.clone())
             .metrics(self.metrics.clone()))
     }
 
@@ -779,7 +779,7 @@ impl App {
                         // Aborted tasks (a forced shutdown) are cancelled, not failed.
                         if e.is_panic() {
                             let route = task_routes.get(&e.id()).map_or("?", |n| &**n).to_owned();
-                            let cause = crate::runtime::panic_message(&*e.into_panic()).to_owned();
+                            let cause = crate::util::panic_message(&*e.into_panic()).to_owned();
                             tracing::error!(route = %route, panic = %cause, "route panicked; shutting down");
                             route_error.get_or_insert(Error::Route {
                                 route,

@@ -13,12 +13,14 @@ pub mod bulk;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+mod observe;
 pub mod retry;
 pub mod runtime;
 pub mod settings;
 pub mod shutdown;
 pub mod source;
 pub mod ticks;
+mod util;
 
 pub use app::{App, RouteOptions, ShutdownHandle};
 pub use backoff::{Backoff, BackoffBuilder, Jitter};

@@ -28,6 +28,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tower::Service;
 
 use crate::metrics::RouteMetrics;
+use crate::util::panic_message;
 use crate::{BoxError, Shutdown, Source, SourceContext};
 
 /// The default grace period for in-flight work at shutdown: 30 seconds.
@@ -342,16 +343,6 @@ pub(crate) fn effective_in_flight(configured: Option<usize>, source: Option<usiz
         (None, None) => DEFAULT_MAX_IN_FLIGHT,
     }
     .max(1)
-}
-
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "non-string panic payload"
-    }
 }
 
 pin_project_lite::pin_project! {
