@@ -7,10 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+mod support;
+
 use asyncworker_core::Jitter;
 use asyncworker_core::retry::{RetryConfig, RetryLayer, future::ResponseFuture};
 use asyncworker_core::{Error, Retry, Shutdown};
 use tokio::time::Instant;
+use support::{assert_send_sync, assert_send_value};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 /// The error of attempt number `attempt` (from 1).
@@ -591,7 +594,6 @@ fn edge_values_are_accepted() {
 
 #[test]
 fn layer_service_and_future_are_send_sync_and_debug() {
-    fn assert_send_sync<T: Send + Sync + 'static>() {}
     fn assert_debug<T: fmt::Debug>() {}
 
     type Handler = Strict;
@@ -611,13 +613,12 @@ fn layer_service_and_future_are_send_sync_and_debug() {
 
 #[tokio::test(start_paused = true)]
 async fn future_of_a_closure_predicate_stack_is_send() {
-    fn assert_send<T: Send>(_: &T) {}
     let log = Log::default();
     let mut service = RetryLayer::new(no_jitter(2))
         .retry_if(|err: &Failed| err.transient)
         .layer(flaky(1, &log));
 
     let future = service.ready().await.unwrap().call(vec![1]);
-    assert_send(&future);
+    assert_send_value(&future);
     assert_eq!(future.await, Ok(2));
 }

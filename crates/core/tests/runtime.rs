@@ -58,7 +58,8 @@ async fn never_more_than_max_in_flight_deliveries_ahead_of_settlement() {
             .bulk(
                 BulkLayer::new(bulk)
                     .expect("valid size")
-                    .max_in_flight(max_in_flight),
+                    .max_in_flight(max_in_flight)
+                    .expect("valid limit"),
             )
             .ack(AckLayer::new())
             .service(handler);
@@ -194,7 +195,7 @@ async fn shutdown_lets_an_in_flight_batch_finish_and_acks_it() {
         .bulk(
             BulkLayer::new(1)
                 .expect("valid size")
-                .shutdown(shutdown.clone()),
+                .with_shutdown(shutdown.clone()),
         )
         .ack(AckLayer::new())
         .service(handler);
@@ -258,7 +259,7 @@ async fn shutdown_flushes_a_partial_batch() {
             BulkLayer::new(10)
                 .expect("valid size")
                 .flush_interval(secs(60))
-                .shutdown(shutdown.clone()),
+                .with_shutdown(shutdown.clone()),
         )
         .ack(AckLayer::new())
         .service(handler);
@@ -302,7 +303,7 @@ async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
         .bulk(
             BulkLayer::new(1)
                 .expect("valid size")
-                .shutdown(shutdown.clone()),
+                .with_shutdown(shutdown.clone()),
         )
         .ack(AckLayer::new())
         .service(handler);

@@ -5,6 +5,8 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+mod support;
+
 use asyncworker_core::Jitter;
 use asyncworker_core::ack::{self, Ack, AckLayer};
 use asyncworker_core::bulk::{self, Bulk, BulkLayer};
@@ -18,11 +20,9 @@ use bytes::Bytes;
 use tower::limit::ConcurrencyLimitLayer;
 use tower::timeout::TimeoutLayer;
 use tower::util::BoxCloneSyncService;
+use support::{assert_send, assert_send_sync, assert_send_value};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
-const fn assert_send<T: Send>() {}
-const fn assert_sync<T: Sync>() {}
-const fn assert_send_sync<T: Send + Sync>() {}
 
 /// A handler type that can be named: a boxed, cloneable, `Send + Sync` service.
 type Handler = BoxCloneSyncService<Vec<MemoryMessage>, (), BoxError>;
@@ -49,10 +49,8 @@ const _: () =
     assert_send::<ack::ResponseFuture<<Retry<Handler> as Service<Vec<MemoryMessage>>>::Future>>();
 const _: () = assert_send::<bulk::ResponseFuture<AckStack, MemoryMessage>>();
 const _: () = assert_send_sync::<bulk::BatchError>();
-const _: () = assert_sync::<ack::HandlerPanicked>();
+const _: () = assert_send_sync::<ack::HandlerPanicked>();
 
-/// The type of the value `_` (for types that cannot be named, such as `async fn` futures).
-fn send_of<T: Send>(_: &T) {}
 fn future_of<S: Service<R>, R>(_: &S) -> PhantomData<S::Future> {
     PhantomData
 }
@@ -62,15 +60,13 @@ fn worker_run_future_and_stack_futures_are_send() {
     let queue = MemoryQueue::new();
     let stack = generic_stack::<MemoryMessage>(Shutdown::new()).expect("valid stack");
     // Stacks of plain `service_fn` handlers, not only boxed ones, are Send + Sync...
-    send_of(&stack);
+    assert_send_value(&stack);
     assert_send_value(&future_of::<_, MemoryMessage>(&stack));
     // ... and so is the worker's `run` future, so a route can be spawned.
     let run = Worker::new(queue.source(), stack).run();
-    send_of(&run);
+    assert_send_value(&run);
     drop(run);
 }
-
-fn assert_send_value<T: Send>(_: &T) {}
 
 /// A message type of another backend: the same stack function must work for it.
 #[derive(Debug, Clone)]
@@ -106,7 +102,7 @@ fn generic_stack<M: Message>(
         .bulk(
             BulkLayer::new(2)?
                 .flush_interval(Duration::from_secs(1))
-                .shutdown(shutdown.clone()),
+                .with_shutdown(shutdown.clone()),
         )
         .ack(AckLayer::new())
         .layer(ConcurrencyLimitLayer::new(4))
