@@ -15,9 +15,9 @@ use asyncworker_core::metrics::RouteMetrics;
 use asyncworker_core::runtime::Worker;
 use asyncworker_core::{Action, BoxError, Error, Shutdown};
 use futures::StreamExt;
+use support::LocalMetrics;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, advance};
-use support::LocalMetrics;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 /// What the handler saw: when each batch arrived (as an offset from the test's start) and
@@ -185,10 +185,7 @@ async fn bulk_size_is_clamped_to_the_messages_that_can_be_in_flight() -> Result<
         64
     );
     // No clamp is expressed by not setting one; 0 is a configuration error.
-    assert_eq!(
-        BulkLayer::<MemoryMessage>::new(64)?.effective_size(),
-        64
-    );
+    assert_eq!(BulkLayer::<MemoryMessage>::new(64)?.effective_size(), 64);
     assert!(matches!(
         BulkLayer::<MemoryMessage>::new(64)?.max_in_flight(0),
         Err(Error::Config(message)) if message.contains("at least 1")

@@ -106,9 +106,16 @@ async fn a_readiness_failure_fails_the_batch_and_then_bulk_itself() {
     settle_tasks().await;
     handle.send_error("broken");
 
-    let error = message.await.expect("no panic").expect_err("the batch failed");
+    let error = message
+        .await
+        .expect("no panic")
+        .expect_err("the batch failed");
     let batch = error.downcast_ref::<BatchError>().expect("a batch error");
-    assert_eq!(batch.to_string(), "batch failed", "the cause is not repeated");
+    assert_eq!(
+        batch.to_string(),
+        "batch failed",
+        "the cause is not repeated"
+    );
     assert_eq!(failure_cause(&*error), "broken");
     // Without Ack nothing settled it: dropped unsettled, it is requeued.
     assert_eq!(queue.settlement(MessageId(0)), Some(Action::Requeue));
@@ -140,7 +147,10 @@ async fn ack_settles_a_batch_whose_service_failed_readiness_by_its_policy() {
     settle_tasks().await;
     handle.send_error("broken");
 
-    let error = message.await.expect("no panic").expect_err("the batch failed");
+    let error = message
+        .await
+        .expect("no panic")
+        .expect_err("the batch failed");
     assert_eq!(failure_cause(&*error), "broken");
     assert_eq!(queue.settlement_history(MessageId(0)), vec![Action::Reject]);
     assert_eq!(
@@ -169,11 +179,9 @@ async fn the_worker_stops_a_route_whose_service_failed_with_an_error_naming_it()
     let (mock, mut handle): (_, Handle) = mock::pair();
     let queue = MemoryQueue::new();
     let first = queue.push_bytes("a");
-    let stack = BulkLayer::new(1).expect("valid size").layer(
-        AckLayer::new()
-            .on_error(Action::Reject)
-            .layer(mock),
-    );
+    let stack = BulkLayer::new(1)
+        .expect("valid size")
+        .layer(AckLayer::new().on_error(Action::Reject).layer(mock));
     handle.send_error("broken");
     // Answer whatever batches still reach the service.
     let responder = tokio::spawn(async move {

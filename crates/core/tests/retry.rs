@@ -12,8 +12,8 @@ mod support;
 use asyncworker_core::Jitter;
 use asyncworker_core::retry::{RetryConfig, RetryLayer, future::ResponseFuture};
 use asyncworker_core::{Error, Retry, Shutdown};
-use tokio::time::Instant;
 use support::{assert_send_sync, assert_send_value};
+use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 /// The error of attempt number `attempt` (from 1).

@@ -17,12 +17,11 @@ use asyncworker_core::{
     Action, BoxError, Error, Message, Retry, ServiceBuilderExt, Settlement, Shutdown,
 };
 use bytes::Bytes;
+use support::{assert_send, assert_send_sync, assert_send_value};
 use tower::limit::ConcurrencyLimitLayer;
 use tower::timeout::TimeoutLayer;
 use tower::util::BoxCloneSyncService;
-use support::{assert_send, assert_send_sync, assert_send_value};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-
 
 /// A handler type that can be named: a boxed, cloneable, `Send + Sync` service.
 type Handler = BoxCloneSyncService<Vec<MemoryMessage>, (), BoxError>;
@@ -209,4 +208,111 @@ async fn a_boxed_handler_service_works_as_the_inner_service() {
         .await
         .expect("worker runs");
     assert_eq!(queue.settlement(id), Some(Action::Reject));
+}
+
+/// Runs `messages` messages, one per batch, through `Bulk → Ack → layer → handler`; the
+/// handler takes a second. Returns when each call started (from the test's start) and the
+/// most calls seen running at once.
+async fn through<L>(layer: L, messages: usize) -> (Vec<Duration>, usize)
+where
+    L: tower::Layer<tower::util::BoxCloneSyncService<Vec<MemoryMessage>, (), BoxError>>,
+    L::Service:
+        Service<Vec<MemoryMessage>, Response = (), Error = BoxError> + Clone + Send + 'static,
+    <L::Service as Service<Vec<MemoryMessage>>>::Future: Send + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let start = tokio::time::Instant::now();
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let handler = {
+        let (started, running, peak) = (started.clone(), running.clone(), peak.clone());
+        BoxCloneSyncService::new(service_fn(move |_batch: Vec<MemoryMessage>| {
+            let (started, running, peak) = (started.clone(), running.clone(), peak.clone());
+            async move {
+                started.lock().expect("not poisoned").push(start.elapsed());
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<(), BoxError>(())
+            }
+        }))
+    };
+    let queue = MemoryQueue::new();
+    for _ in 0..messages {
+        queue.push_bytes("x");
+    }
+    queue.close();
+    let stack = ServiceBuilder::new()
+        .bulk(BulkLayer::new(1).expect("valid size"))
+        .ack(AckLayer::new())
+        .layer(layer)
+        .service(handler);
+    let report = Worker::new(queue.source(), stack)
+        .run()
+        .await
+        .expect("worker runs");
+    assert_eq!(report.failed, 0);
+    assert_eq!(queue.outstanding(), 0);
+    let started = started.lock().expect("not poisoned").clone();
+    (started, peak.load(Ordering::SeqCst))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_limit_inside_bulk_bounds_the_batches_running_at_once() {
+    let (started, peak) = through(ConcurrencyLimitLayer::new(2), 6).await;
+    assert_eq!(peak, 2);
+    assert_eq!(started.len(), 6);
+    assert_eq!(started.last(), Some(&Duration::from_secs(2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_behind_a_buffer_fits_inside_bulk() {
+    // `RateLimit` is not `Clone` and Bulk clones its inner service per batch: a `Buffer` in
+    // front of it is (and its clones share the one rate limit).
+    let layer = ServiceBuilder::new()
+        .buffer(8)
+        .rate_limit(1, Duration::from_secs(3));
+    let (started, _) = through(layer, 3).await;
+    let secs = |s| Duration::from_secs(s);
+    assert_eq!(started, vec![secs(0), secs(3), secs(6)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_inside_bulk_is_the_source_of_the_batch_error() {
+    let queue = MemoryQueue::new();
+    queue.push_bytes("slow");
+    let message = {
+        use futures::StreamExt;
+        queue
+            .source()
+            .next()
+            .await
+            .expect("queued")
+            .expect("infallible")
+    };
+    let mut stack = ServiceBuilder::new()
+        .bulk(BulkLayer::new(1).expect("valid size"))
+        .ack(AckLayer::new())
+        .layer(TimeoutLayer::new(Duration::from_secs(1)))
+        .service(service_fn(|_batch: Vec<MemoryMessage>| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<(), BoxError>(())
+        }));
+    let error = stack
+        .ready()
+        .await
+        .expect("ready")
+        .call(message)
+        .await
+        .expect_err("timed out");
+    assert!(error.is::<bulk::BatchError>());
+    assert_eq!(error.to_string(), "batch failed");
+    let cause = error.source().expect("the batch error has a source");
+    assert!(
+        cause.is::<tower::timeout::error::Elapsed>(),
+        "got {cause:?}"
+    );
 }

@@ -13,7 +13,6 @@ use tower::Service;
 use super::{RetryConfig, RetryPredicate};
 use crate::Shutdown;
 
-
 /// What a [`ResponseFuture`] keeps to make further attempts.
 pub(super) struct RetryParts<S, Req, P> {
     pub(super) service: S,

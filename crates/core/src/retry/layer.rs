@@ -85,4 +85,3 @@ impl<S, P: Clone> Layer<S> for RetryLayer<P> {
         }
     }
 }
-

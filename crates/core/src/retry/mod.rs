@@ -111,4 +111,3 @@ mod tests {
         assert!(err.to_string().contains("multiplier must be at least 1.0"));
     }
 }
-

@@ -27,4 +27,3 @@ where
         self(error)
     }
 }
-

@@ -106,4 +106,3 @@ where
         ResponseFuture::new(first, retry, self.config)
     }
 }
-

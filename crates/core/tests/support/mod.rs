@@ -63,15 +63,15 @@ impl LocalMetrics {
                 .collect();
             labels.sort();
             match value {
-                DebugValue::Counter(n) => {
-                    entry(&mut totals.counters, name, labels, 0, |v| *v += n)
-                }
-                DebugValue::Gauge(g) => {
-                    entry(&mut totals.gauges, name, labels, 0.0, |v| *v = g.into_inner())
-                }
-                DebugValue::Histogram(h) => entry(&mut totals.histograms, name, labels, Vec::new(), |v| {
-                    v.extend(h.iter().map(|f| f.into_inner()))
+                DebugValue::Counter(n) => entry(&mut totals.counters, name, labels, 0, |v| *v += n),
+                DebugValue::Gauge(g) => entry(&mut totals.gauges, name, labels, 0.0, |v| {
+                    *v = g.into_inner()
                 }),
+                DebugValue::Histogram(h) => {
+                    entry(&mut totals.histograms, name, labels, Vec::new(), |v| {
+                        v.extend(h.iter().map(|f| f.into_inner()))
+                    })
+                }
             }
         }
         totals.clone()
@@ -120,7 +120,10 @@ fn entry<T>(
     empty: T,
     update: impl FnOnce(&mut T),
 ) {
-    match entries.iter_mut().find(|(n, l, _)| *n == name && *l == labels) {
+    match entries
+        .iter_mut()
+        .find(|(n, l, _)| *n == name && *l == labels)
+    {
         Some((.., v)) => update(v),
         None => {
             let mut v = empty;
