@@ -3,10 +3,10 @@
 //! [`Ack`] wraps a `Service<Vec<M>>` (the handler, or the layers around it). When the inner
 //! future completes, every message of the batch is settled:
 //!
-//! - with its mark, if the handler made one ([`Message::accept`], [`Message::reject`], ...):
+//! - with its mark, if the handler made one ([`Message::accept`](crate::Message::accept), [`Message::reject`](crate::Message::reject), ...):
 //!   a mark beats the policy, even when the handler failed;
-//! - else with [`AckLayer::on_success`] (default [`Action::Ack`]) when the handler returned
-//!   `Ok`, or [`AckLayer::on_error`] (default [`Action::Requeue`]) when it returned an error
+//! - else with [`AckLayer::on_success`] (default [`Action::Ack`](crate::Action::Ack)) when the handler returned
+//!   `Ok`, or [`AckLayer::on_error`] (default [`Action::Requeue`](crate::Action::Requeue)) when it returned an error
 //!   or panicked.
 //!
 //! A panic in the handler is caught and treated as the batch's error (it comes out as a

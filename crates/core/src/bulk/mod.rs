@@ -8,7 +8,7 @@
 //! - its oldest message has waited [`BulkLayer::flush_interval`] (default 60 s)
 //!   ([`FlushReason::Interval`]) — measured from the first message of *that* batch, not on a
 //!   fixed cadence;
-//! - the [`Shutdown`] signal fires ([`FlushReason::Shutdown`]): open batches flush at once,
+//! - the [`Shutdown`](crate::Shutdown) signal fires ([`FlushReason::Shutdown`]): open batches flush at once,
 //!   and so does every message that arrives afterwards.
 //!
 //! The effective size is `min(bulk_size, max_in_flight)`: a caller that never holds more than

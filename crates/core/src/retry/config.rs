@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::{Backoff, BackoffBuilder, Error, Jitter};
 
-/// The validated settings of a [`Retry`]: how many attempts, and the [`Backoff`] between them.
+/// The validated settings of a [`Retry`](super::Retry): how many attempts, and the [`Backoff`] between them.
 ///
 /// Build one with [`RetryConfig::builder`]; [`RetryConfig::default`] gives 3 attempts and
 /// [`Backoff::default`]: 100 ms initial delay, ×2 per retry, capped at 10 s, with

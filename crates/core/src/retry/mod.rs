@@ -12,7 +12,7 @@
 //!
 //! # Shutdown
 //!
-//! Given a [`Shutdown`] signal ([`RetryLayer::with_shutdown`]), Retry stops retrying once the
+//! Given a [`Shutdown`](crate::Shutdown) signal ([`RetryLayer::with_shutdown`]), Retry stops retrying once the
 //! signal fires: an attempt that fails after that is not retried, and a backoff sleep (or a wait
 //! for the inner service to become ready again) in progress ends at once with the last error.
 //! An attempt already running is never cut short, and the first attempt always runs: shutdown
@@ -20,7 +20,7 @@
 //!
 //! # Readiness
 //!
-//! The first attempt goes to the inner service that [`Service::poll_ready`] made ready. Each
+//! The first attempt goes to the inner service that [`Service::poll_ready`](tower::Service::poll_ready) made ready. Each
 //! retry goes to a clone of the inner service, kept by the response future, which is driven to
 //! readiness again before it is called, so the `poll_ready` / `call` contract holds for every
 //! attempt. The request is cloned once per call (to keep a copy for retries) and once per

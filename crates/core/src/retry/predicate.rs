@@ -3,7 +3,7 @@
 /// Decides whether an error is worth another attempt.
 ///
 /// Implemented by [`AlwaysRetry`] (the default) and by every `Fn(&E) -> bool` closure, so
-/// [`RetryLayer::retry_if`] takes a closure directly.
+/// [`RetryLayer::retry_if`](super::RetryLayer::retry_if) takes a closure directly.
 pub trait RetryPredicate<E> {
     /// Whether to retry after `error`. Returning `false` gives up at once with `error`.
     fn should_retry(&self, error: &E) -> bool;
