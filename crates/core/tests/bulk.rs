@@ -2,7 +2,6 @@
 //! oldest message of each batch, the in-flight clamp, shutdown flush, the concurrent-batch
 //! limit and the flush-reason metrics.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,8 +13,8 @@ use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
 use asyncworker_core::metrics::RouteMetrics;
 use asyncworker_core::runtime::Worker;
 use asyncworker_core::{Action, BoxError, Error, Shutdown};
-use futures::StreamExt;
 use support::LocalMetrics;
+use support::layers::{SlowHandler, deliver};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -86,19 +85,6 @@ where
     // Let the task register its timers before the test moves the clock.
     tokio::task::yield_now().await;
     handle
-}
-
-/// Push a message and take it from the queue, as a runtime would.
-async fn deliver(queue: &MemoryQueue) -> MemoryMessage {
-    let id = queue.push_bytes("x");
-    let message = queue
-        .source()
-        .next()
-        .await
-        .expect("queued")
-        .expect("infallible");
-    assert_eq!(message.id(), id);
-    message
 }
 
 fn secs(s: u64) -> Duration {
@@ -324,22 +310,8 @@ async fn flush_reasons_are_counted_in_metrics() {
 async fn peak_concurrency(layer: BulkLayer<MemoryMessage>, messages: usize) -> usize {
     let batches = messages.div_ceil(layer.effective_size());
     let queue = MemoryQueue::new();
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let (running, peak) = (running.clone(), peak.clone());
-        service_fn(move |_batch: Vec<MemoryMessage>| {
-            let (running, peak) = (running.clone(), peak.clone());
-            async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(secs(1)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
-                Ok::<(), BoxError>(())
-            }
-        })
-    };
-    let mut stack = stack(layer, handler);
+    let handler = SlowHandler::new();
+    let mut stack = stack(layer, handler.service());
     let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..messages {
@@ -349,7 +321,7 @@ async fn peak_concurrency(layer: BulkLayer<MemoryMessage>, messages: usize) -> u
         handle.await.expect("no panic").expect("batch ok");
     }
     let took = start.elapsed();
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = handler.peak();
     assert_eq!(took, secs(batches.div_ceil(peak) as u64));
     assert_eq!(queue.outstanding(), 0);
     peak
@@ -377,30 +349,16 @@ async fn max_concurrent_batches_limits_handler_calls_running_at_once() {
 #[tokio::test(start_paused = true)]
 async fn services_made_from_one_layer_share_its_batch_limit() {
     let queue = MemoryQueue::new();
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let (running, peak) = (running.clone(), peak.clone());
-        service_fn(move |_batch: Vec<MemoryMessage>| {
-            let (running, peak) = (running.clone(), peak.clone());
-            async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(secs(1)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
-                Ok::<(), BoxError>(())
-            }
-        })
-    };
+    let handler = SlowHandler::new();
     let layer = BulkLayer::new(1)
         .expect("valid size")
         .max_concurrent_batches(1)
         .expect("valid limit");
-    let mut one = stack(layer.clone(), handler.clone());
-    let mut two = stack(layer, handler);
+    let mut one = stack(layer.clone(), handler.service());
+    let mut two = stack(layer, handler.service());
     let a = submit(&mut one, deliver(&queue).await).await;
     let b = submit(&mut two, deliver(&queue).await).await;
     a.await.expect("no panic").expect("batch ok");
     b.await.expect("no panic").expect("batch ok");
-    assert_eq!(peak.load(Ordering::SeqCst), 1);
+    assert_eq!(handler.peak(), 1);
 }

@@ -16,23 +16,12 @@ use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
 use asyncworker_core::metrics::RouteMetrics;
 use asyncworker_core::runtime::Worker;
 use asyncworker_core::{Action, BoxError};
-use futures::StreamExt;
 use support::LocalMetrics;
+use support::layers::deliver;
 use tower::{Layer, Service};
 use tower_test::mock;
 
 type Handle = mock::Handle<Vec<MemoryMessage>, ()>;
-
-/// Push a message and take it from the queue, as a runtime would.
-async fn deliver(queue: &MemoryQueue) -> MemoryMessage {
-    queue.push_bytes("x");
-    queue
-        .source()
-        .next()
-        .await
-        .expect("queued")
-        .expect("infallible")
-}
 
 fn ids(batch: &[MemoryMessage]) -> Vec<MessageId> {
     batch.iter().map(MemoryMessage::id).collect()
@@ -55,6 +44,23 @@ fn failure_cause(error: &(dyn std::error::Error + 'static)) -> String {
         next = error.source();
     }
     panic!("no ServiceFailed in the chain of {error:?}")
+}
+
+/// Hands `bulk` one message, makes its inner service fail readiness, and returns the
+/// message's error.
+async fn fail_one<S>(bulk: &mut S, queue: &MemoryQueue, handle: &mut Handle) -> BoxError
+where
+    S: Service<MemoryMessage, Response = (), Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    bulk_ready(bulk).await.expect("bulk is ready");
+    let message = tokio::spawn(bulk.call(deliver(queue).await));
+    settle_tasks().await;
+    handle.send_error("broken");
+    message
+        .await
+        .expect("no panic")
+        .expect_err("the batch failed")
 }
 
 /// Let spawned tasks run until they wait.
@@ -101,15 +107,7 @@ async fn a_readiness_failure_fails_the_batch_and_then_bulk_itself() {
     // No Ack: Bulk sees the failure itself.
     let mut bulk = BulkLayer::new(1).expect("valid size").layer(mock);
 
-    bulk_ready(&mut bulk).await.expect("bulk is ready");
-    let message = tokio::spawn(bulk.call(deliver(&queue).await));
-    settle_tasks().await;
-    handle.send_error("broken");
-
-    let error = message
-        .await
-        .expect("no panic")
-        .expect_err("the batch failed");
+    let error = fail_one(&mut bulk, &queue, &mut handle).await;
     let batch = error.downcast_ref::<BatchError>().expect("a batch error");
     assert_eq!(
         batch.to_string(),
@@ -142,15 +140,7 @@ async fn ack_settles_a_batch_whose_service_failed_readiness_by_its_policy() {
                 .layer(mock),
         );
 
-    bulk_ready(&mut bulk).await.expect("bulk is ready");
-    let message = tokio::spawn(bulk.call(deliver(&queue).await));
-    settle_tasks().await;
-    handle.send_error("broken");
-
-    let error = message
-        .await
-        .expect("no panic")
-        .expect_err("the batch failed");
+    let error = fail_one(&mut bulk, &queue, &mut handle).await;
     assert_eq!(failure_cause(&*error), "broken");
     assert_eq!(queue.settlement_history(MessageId(0)), vec![Action::Reject]);
     assert_eq!(

@@ -17,6 +17,7 @@ use asyncworker_core::{
     Action, BoxError, Error, Message, Retry, ServiceBuilderExt, Settlement, Shutdown,
 };
 use bytes::Bytes;
+use support::layers::{SlowHandler, deliver};
 use support::{assert_send, assert_send_sync, assert_send_value};
 use tower::limit::ConcurrencyLimitLayer;
 use tower::timeout::TimeoutLayer;
@@ -215,31 +216,12 @@ async fn a_boxed_handler_service_works_as_the_inner_service() {
 /// most calls seen running at once.
 async fn through<L>(layer: L, messages: usize) -> (Vec<Duration>, usize)
 where
-    L: tower::Layer<tower::util::BoxCloneSyncService<Vec<MemoryMessage>, (), BoxError>>,
+    L: tower::Layer<Handler>,
     L::Service:
         Service<Vec<MemoryMessage>, Response = (), Error = BoxError> + Clone + Send + 'static,
     <L::Service as Service<Vec<MemoryMessage>>>::Future: Send + 'static,
 {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    let start = tokio::time::Instant::now();
-    let started = Arc::new(Mutex::new(Vec::new()));
-    let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let handler = {
-        let (started, running, peak) = (started.clone(), running.clone(), peak.clone());
-        BoxCloneSyncService::new(service_fn(move |_batch: Vec<MemoryMessage>| {
-            let (started, running, peak) = (started.clone(), running.clone(), peak.clone());
-            async move {
-                started.lock().expect("not poisoned").push(start.elapsed());
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
-                Ok::<(), BoxError>(())
-            }
-        }))
-    };
+    let handler = SlowHandler::new();
     let queue = MemoryQueue::new();
     for _ in 0..messages {
         queue.push_bytes("x");
@@ -249,15 +231,14 @@ where
         .bulk(BulkLayer::new(1).expect("valid size"))
         .ack(AckLayer::new())
         .layer(layer)
-        .service(handler);
+        .service(BoxCloneSyncService::new(handler.service()));
     let report = Worker::new(queue.source(), stack)
         .run()
         .await
         .expect("worker runs");
     assert_eq!(report.failed, 0);
     assert_eq!(queue.outstanding(), 0);
-    let started = started.lock().expect("not poisoned").clone();
-    (started, peak.load(Ordering::SeqCst))
+    (handler.started(), handler.peak())
 }
 
 #[tokio::test(start_paused = true)]
@@ -283,16 +264,7 @@ async fn a_rate_limit_behind_a_buffer_fits_inside_bulk() {
 #[tokio::test(start_paused = true)]
 async fn a_timeout_inside_bulk_is_the_source_of_the_batch_error() {
     let queue = MemoryQueue::new();
-    queue.push_bytes("slow");
-    let message = {
-        use futures::StreamExt;
-        queue
-            .source()
-            .next()
-            .await
-            .expect("queued")
-            .expect("infallible")
-    };
+    let message = deliver(&queue).await;
     let mut stack = ServiceBuilder::new()
         .bulk(BulkLayer::new(1).expect("valid size"))
         .ack(AckLayer::new())
