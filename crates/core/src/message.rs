@@ -125,7 +125,7 @@ pub enum SettleError {
     #[error("the channel this message arrived on is closed; the broker will redeliver it")]
     ChannelClosed,
     /// Any other backend failure.
-    #[error("settlement failed: {0}")]
+    #[error("settlement failed")]
     Backend(#[source] crate::BoxError),
 }
 

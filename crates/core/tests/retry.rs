@@ -31,6 +31,11 @@ impl fmt::Display for Failed {
 
 impl std::error::Error for Failed {}
 
+/// The error of attempt `attempt`.
+fn failed(attempt: usize, transient: bool) -> Failed {
+    Failed { attempt, transient }
+}
+
 /// When an attempt started, and with which batch.
 type Call = (Instant, Vec<u32>);
 
@@ -94,6 +99,45 @@ fn flaky(
     })
 }
 
+/// Runs `service` once on `[1]`, expecting it to give up. Returns the attempt of the error it
+/// gave up with, the attempts the handler saw, and how long it took.
+async fn give_up<S, T>(service: S, log: &Log) -> (usize, usize, Duration)
+where
+    S: Service<Vec<u32>, Response = T, Error = Failed>,
+    T: fmt::Debug,
+{
+    let start = Instant::now();
+    let error = service.oneshot(vec![1]).await.unwrap_err();
+    (error.attempt, log.attempts(), start.elapsed())
+}
+
+/// Runs `service` on `[1]` in a task, lets `after` pass, checks `before_shutdown` and that the
+/// task still runs, triggers `shutdown`, and returns the error the task gives up with.
+async fn shut_down_after<S>(
+    service: S,
+    shutdown: &Shutdown,
+    after: Duration,
+    before_shutdown: impl FnOnce(),
+) -> Failed
+where
+    S: Service<Vec<u32>, Error = Failed> + Send + 'static,
+    S::Response: fmt::Debug + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let task = tokio::spawn(service.oneshot(vec![1]));
+    tokio::time::sleep(after).await;
+    before_shutdown();
+    assert!(!task.is_finished());
+    shutdown.trigger();
+
+    // Bounded, so a Retry that ignores shutdown fails the test instead of hanging it.
+    tokio::time::timeout(Duration::from_secs(3600), task)
+        .await
+        .expect("retry kept going after shutdown")
+        .unwrap()
+        .unwrap_err()
+}
+
 fn no_jitter(max_attempts: u32) -> RetryConfig {
     RetryConfig::builder()
         .max_attempts(max_attempts)
@@ -139,13 +183,7 @@ async fn gives_up_after_max_attempts_and_returns_last_error() {
 
     let error = service.oneshot(vec![1]).await.unwrap_err();
 
-    assert_eq!(
-        error,
-        Failed {
-            attempt: 4,
-            transient: true
-        }
-    );
+    assert_eq!(error, failed(4, true));
     assert_eq!(log.attempts(), 4);
 }
 
@@ -153,13 +191,8 @@ async fn gives_up_after_max_attempts_and_returns_last_error() {
 async fn single_attempt_never_retries() {
     let log = Log::default();
     let service = Retry::new(flaky(usize::MAX, &log), no_jitter(1));
-    let start = Instant::now();
 
-    let error = service.oneshot(vec![1]).await.unwrap_err();
-
-    assert_eq!(error.attempt, 1);
-    assert_eq!(log.attempts(), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(give_up(service, &log).await, (1, 1, Duration::ZERO));
 }
 
 #[tokio::test(start_paused = true)]
@@ -250,16 +283,11 @@ async fn full_jitter_never_exceeds_the_schedule() {
 #[tokio::test(start_paused = true)]
 async fn predicate_false_does_not_retry() {
     let log = Log::default();
-    let start = Instant::now();
     let service = RetryLayer::new(no_jitter(5))
         .retry_if(|_: &Failed| false)
         .layer(flaky(usize::MAX, &log));
 
-    let error = service.oneshot(vec![1]).await.unwrap_err();
-
-    assert_eq!(error.attempt, 1);
-    assert_eq!(log.attempts(), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(give_up(service, &log).await, (1, 1, Duration::ZERO));
 }
 
 #[tokio::test(start_paused = true)]
@@ -280,13 +308,7 @@ async fn predicate_chooses_which_errors_retry() {
 
     let error = service.oneshot(vec![1]).await.unwrap_err();
 
-    assert_eq!(
-        error,
-        Failed {
-            attempt: 3,
-            transient: false
-        }
-    );
+    assert_eq!(error, failed(3, false));
     assert_eq!(log.attempts(), 3);
 }
 
@@ -306,19 +328,11 @@ async fn shutdown_during_backoff_stops_retrying() {
         .layer(flaky(usize::MAX, &log));
     let start = Instant::now();
 
-    let task = tokio::spawn(service.oneshot(vec![1]));
     // The first attempt fails and the 10 s backoff starts; shut down 1 s into it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(log.attempts(), 1);
-    assert!(!task.is_finished());
-    shutdown.trigger();
-
-    // Bounded, so a Retry that ignores shutdown fails the test instead of hanging it.
-    let error = tokio::time::timeout(Duration::from_secs(3600), task)
-        .await
-        .expect("retry kept going after shutdown")
-        .unwrap()
-        .unwrap_err();
+    let error = shut_down_after(service, &shutdown, Duration::from_secs(1), || {
+        assert_eq!(log.attempts(), 1)
+    })
+    .await;
     assert_eq!(error.attempt, 1);
     assert_eq!(log.attempts(), 1);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
@@ -332,14 +346,9 @@ async fn shutdown_before_first_retry_returns_error() {
     let service = RetryLayer::new(no_jitter(5))
         .with_shutdown(shutdown)
         .layer(flaky(usize::MAX, &log));
-    let start = Instant::now();
-
-    let error = service.oneshot(vec![1]).await.unwrap_err();
 
     // The first attempt still runs: the batch gets its one try.
-    assert_eq!(error.attempt, 1);
-    assert_eq!(log.attempts(), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(give_up(service, &log).await, (1, 1, Duration::ZERO));
 }
 
 #[tokio::test(start_paused = true)]
@@ -366,15 +375,10 @@ async fn shutdown_during_an_attempt_lets_it_finish_then_stops() {
     let service = RetryLayer::new(no_jitter(5))
         .with_shutdown(shutdown)
         .layer(handler);
-    let start = Instant::now();
 
-    let error = service.oneshot(vec![1]).await.unwrap_err();
-
-    assert_eq!(error.attempt, 2);
-    assert_eq!(log.attempts(), 2);
     assert_eq!(
-        start.elapsed(),
-        Duration::from_millis(100) + Duration::from_secs(1)
+        give_up(service, &log).await,
+        (2, 2, Duration::from_millis(100) + Duration::from_secs(1))
     );
 }
 
@@ -499,18 +503,8 @@ async fn shutdown_while_waiting_for_readiness_stops_retrying() {
         .with_shutdown(shutdown.clone())
         .layer(handler);
 
-    let task = tokio::spawn(service.oneshot(vec![1]));
     // Past the 100 ms backoff: the future now waits for readiness that never comes.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(!task.is_finished());
-    shutdown.trigger();
-
-    // Bounded, so a Retry that ignores shutdown fails the test instead of hanging it.
-    let error = tokio::time::timeout(Duration::from_secs(3600), task)
-        .await
-        .expect("retry kept going after shutdown")
-        .unwrap()
-        .unwrap_err();
+    let error = shut_down_after(service, &shutdown, Duration::from_secs(5), || {}).await;
     assert_eq!(error.attempt, 1);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
