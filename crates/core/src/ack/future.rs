@@ -48,7 +48,12 @@ impl SettleGuard {
                 Err((_, SettleError::AlreadySettled)) => {}
                 Err((action, error)) => {
                     hook.on_settle_failed(action);
-                    tracing::warn!(route = hook.route(), %action, error = %crate::util::Chain(&error), "settlement failed");
+                    tracing::warn!(
+                        route = hook.route(),
+                        %action,
+                        error = %Chain(&error),
+                        "settlement failed"
+                    );
                 }
             }
         }

@@ -40,9 +40,32 @@
 //! service did, with [`ServiceFailed`](crate::ack::ServiceFailed) — the batch fails with that
 //! error and `Bulk::poll_ready` returns it from then on, so the runtime stops the route.
 //!
-//! tower's middleware fits inside: `Timeout` and `ConcurrencyLimit` as they are; `RateLimit`
-//! (not `Clone`, and Bulk clones its inner service per batch) behind a `Buffer`:
-//! `ServiceBuilder::new().layer(bulk).layer(ack).buffer(n).rate_limit(..).service(handler)`.
+//! tower's middleware fits inside: `Timeout` and `ConcurrencyLimit` as they are; `RateLimit`,
+//! which is not `Clone` (Bulk clones its inner service for each batch), behind a `Buffer`,
+//! whose clones share the one rate limit:
+//!
+//! ```
+//! use std::time::Duration;
+//! use asyncworker_core::{ServiceBuilderExt, ack::AckLayer, bulk::BulkLayer};
+//! use asyncworker_core::memory::MemoryMessage;
+//! use tower::{ServiceBuilder, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), asyncworker_core::Error> {
+//! let stack = ServiceBuilder::new()
+//!     .bulk(BulkLayer::<MemoryMessage>::new(100)?)
+//!     .ack(AckLayer::new())
+//!     .timeout(Duration::from_secs(30))       // a timeout is the batch's error
+//!     .concurrency_limit(4)                   // at most 4 batches in the handler
+//!     .buffer(64)                             // Clone, in front of what is not
+//!     .rate_limit(10, Duration::from_secs(1)) // at most 10 batches a second
+//!     .service(service_fn(|batch: Vec<MemoryMessage>| async move {
+//!         Ok::<_, asyncworker_core::BoxError>(())
+//!     }));
+//! # let _ = stack;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Metrics
 //!
