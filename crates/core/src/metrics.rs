@@ -24,7 +24,7 @@ use metrics::{Counter, Gauge, Histogram, SharedString};
 
 use crate::Action;
 use crate::observe::FlushReason;
-pub use crate::observe::{LayerMetrics, Outcome};
+pub use crate::observe::{LayerEvent, LayerMetrics, Outcome};
 
 /// The default metric-name prefix.
 pub const DEFAULT_NAMESPACE: &str = "asyncworker";

@@ -123,6 +123,74 @@ pub trait LayerMetrics: Send + Sync + 'static {
 
 impl LayerMetrics for () {}
 
+/// One report of the layers, as a closure hook receives it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum LayerEvent {
+    /// [`LayerMetrics::on_batch`].
+    Batch {
+        /// Why the batch was sealed.
+        reason: FlushReason,
+        /// Its messages.
+        size: usize,
+    },
+    /// [`LayerMetrics::on_handled`].
+    Handled {
+        /// How the inner call ended.
+        outcome: Outcome,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// [`LayerMetrics::on_settled`].
+    Settled {
+        /// The action.
+        action: Action,
+        /// How many messages of the batch were settled with it.
+        count: u64,
+    },
+    /// [`LayerMetrics::on_settle_failed`].
+    SettleFailed {
+        /// The action that could not be delivered.
+        action: Action,
+    },
+}
+
+/// A closure is a hook: it receives every report as a [`LayerEvent`].
+///
+/// ```
+/// use asyncworker_core::{bulk::BulkLayer, memory::MemoryMessage, metrics::LayerEvent};
+///
+/// # fn main() -> Result<(), asyncworker_core::Error> {
+/// let layer = BulkLayer::<MemoryMessage>::new(10)?.metrics(|event: LayerEvent| {
+///     if let LayerEvent::Batch { reason, size } = event {
+///         println!("a batch of {size}, flushed by {reason}");
+///     }
+/// });
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+impl<F> LayerMetrics for F
+where
+    F: Fn(LayerEvent) + Send + Sync + 'static,
+{
+    fn on_batch(&self, reason: FlushReason, size: usize) {
+        self(LayerEvent::Batch { reason, size });
+    }
+
+    fn on_handled(&self, outcome: Outcome, elapsed: Duration) {
+        self(LayerEvent::Handled { outcome, elapsed });
+    }
+
+    fn on_settled(&self, action: Action, count: u64) {
+        self(LayerEvent::Settled { action, count });
+    }
+
+    fn on_settle_failed(&self, action: Action) {
+        self(LayerEvent::SettleFailed { action });
+    }
+}
+
 /// A layer's hook, type-erased so it adds no type parameter to the layers; `None` (the
 /// default, and what `()` becomes) records nothing at the cost of one branch.
 #[derive(Clone, Default)]

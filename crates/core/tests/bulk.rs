@@ -362,3 +362,46 @@ async fn services_made_from_one_layer_share_its_batch_limit() {
     b.await.expect("no panic").expect("batch ok");
     assert_eq!(handler.peak(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_closure_hook_sees_each_batch_once_not_each_message() {
+    use asyncworker_core::metrics::{LayerEvent, Outcome};
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let hook = {
+        let events = events.clone();
+        move |event: LayerEvent| events.lock().expect("not poisoned").push(event)
+    };
+    let queue = MemoryQueue::new();
+    let seen = Seen::new();
+    let layer = BulkLayer::new(2).expect("valid size").metrics(hook.clone());
+    let mut stack = layer.layer(AckLayer::new().metrics(hook).layer(seen.handler()));
+    let a = submit(&mut stack, deliver(&queue).await).await;
+    let b = submit(&mut stack, deliver(&queue).await).await;
+    a.await.expect("no panic").expect("batch ok");
+    b.await.expect("no panic").expect("batch ok");
+
+    let events = events.lock().expect("not poisoned").clone();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(
+        events[0],
+        LayerEvent::Batch {
+            reason: FlushReason::Size,
+            size: 2
+        }
+    );
+    assert!(matches!(
+        events[1],
+        LayerEvent::Handled {
+            outcome: Outcome::Ok,
+            ..
+        }
+    ));
+    assert_eq!(
+        events[2],
+        LayerEvent::Settled {
+            action: Action::Ack,
+            count: 2
+        }
+    );
+}
