@@ -103,42 +103,30 @@ where
                     };
                     let attempt = *this.attempt;
                     let max_attempts = this.config.max_attempts;
-                    let retry = match this.retry.as_mut() {
-                        Some(retry) if attempt < max_attempts => retry,
-                        _ => {
-                            if max_attempts > 1 {
-                                tracing::debug!(
-                                    attempts = attempt,
-                                    error = %error,
-                                    "all attempts failed; giving up"
-                                );
-                            }
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(error));
+                    // Why not to retry, if there is a reason (logged when there was a choice).
+                    let give_up = match this.retry.as_mut() {
+                        Some(_) if attempt >= max_attempts => Some("all attempts failed"),
+                        None => (max_attempts > 1).then_some("all attempts failed"),
+                        Some(retry) if !retry.predicate.should_retry(&error) => {
+                            Some("error is not retryable")
                         }
+                        Some(retry) => match &retry.shutdown {
+                            Some(shutdown) if shutdown.is_triggered() => Some("shutdown has begun"),
+                            Some(shutdown) => {
+                                if this.stop.is_none() {
+                                    this.stop.set(Some(shutdown.triggered()));
+                                }
+                                None
+                            }
+                            None => None,
+                        },
                     };
-                    if !retry.predicate.should_retry(&error) {
-                        tracing::debug!(
-                            attempt,
-                            error = %error,
-                            "error is not retryable; giving up"
-                        );
+                    if give_up.is_some() || this.retry.is_none() {
+                        if let Some(reason) = give_up {
+                            tracing::debug!(attempt, error = %error, "{reason}; giving up");
+                        }
                         this.state.set(State::Done);
                         return Poll::Ready(Err(error));
-                    }
-                    if let Some(shutdown) = &retry.shutdown {
-                        if shutdown.is_triggered() {
-                            tracing::debug!(
-                                attempt,
-                                error = %error,
-                                "shutdown has begun; not retrying"
-                            );
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(error));
-                        }
-                        if this.stop.is_none() {
-                            this.stop.set(Some(shutdown.triggered()));
-                        }
                     }
                     let delay = this.config.backoff.delay(attempt);
                     tracing::warn!(
