@@ -43,7 +43,7 @@ pin_project! {
         },
         // Waiting for the inner service to be ready.
         Ready {
-            messages: Option<Vec<M>>,
+            messages: Vec<M>,
             permit: Option<OwnedSemaphorePermit>,
             span: tracing::Span,
         },
@@ -194,16 +194,12 @@ impl<S: Service<Vec<M>>, M> Future for BatchFuture<S, M> {
                         flush_reason = reason.as_str(),
                     );
                     this.state.set(BatchState::Ready {
-                        messages: Some(messages),
+                        messages,
                         permit,
                         span,
                     });
                 }
-                StateProj::Ready {
-                    messages,
-                    permit,
-                    span,
-                } => {
+                StateProj::Ready { span, .. } => {
                     let entered = span.enter();
                     if let Err(error) = ready!(this.inner.poll_ready(cx)) {
                         // Its messages are dropped unsettled, so their slots requeue them.
@@ -213,12 +209,16 @@ impl<S: Service<Vec<M>>, M> Future for BatchFuture<S, M> {
                         this.state.set(BatchState::Done);
                         return Poll::Ready(Err(BatchError::new(Box::new(failed))));
                     }
-                    let messages = messages
-                        .take()
-                        .unwrap_or_else(|| unreachable!("bulk: a batch is called once"));
-                    let call = this.inner.call(messages);
                     drop(entered);
-                    let (permit, span) = (permit.take(), span.clone());
+                    let StateReplace::Ready {
+                        messages,
+                        permit,
+                        span,
+                    } = this.state.as_mut().project_replace(BatchState::Done)
+                    else {
+                        unreachable!("bulk: the batch state was matched as ready");
+                    };
+                    let call = span.in_scope(|| this.inner.call(messages));
                     this.state.set(BatchState::Running { call, permit, span });
                 }
                 StateProj::Running { call, span, .. } => {
