@@ -70,9 +70,9 @@ mod logging;
 pub mod prelude;
 
 pub use asyncworker_core::{
-    Action, App, BoxError, Error, Health, Message, Readiness, Route, RouteContext, RouteHealth,
-    RouteOptions, ServiceBuilderExt, Settings, Settle, SettleError, Settlement, Shutdown, Source,
-    SourceContext,
+    Action, App, Backoff, BackoffBuilder, BoxError, Error, Health, Jitter, Message, Readiness,
+    Route, RouteContext, RouteHealth, RouteOptions, ServiceBuilderExt, Settings, Settle,
+    SettleError, Settlement, Shutdown, Source, SourceContext,
 };
 pub use asyncworker_core::{ack, builder, bulk, memory, message, metrics, retry, runtime, ticks};
 pub use logging::init_logging;

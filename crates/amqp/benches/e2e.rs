@@ -60,7 +60,8 @@ use asyncworker_amqp::lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
 };
 use asyncworker_amqp::{AmqpConfig, AmqpMessage, AmqpSource, OutgoingMessage, Publisher};
-use asyncworker_core::{App, BoxError, RetryConfig, RetryLayer, Settings};
+use asyncworker_core::retry::{RetryConfig, RetryLayer};
+use asyncworker_core::{App, BoxError, Settings};
 use asyncworker_timeit::TimeitLayer;
 use futures::StreamExt;
 use tower::{ServiceBuilder, service_fn};

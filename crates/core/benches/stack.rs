@@ -150,7 +150,8 @@ fn bench(c: &mut Criterion) {
                     .bulk(
                         BulkLayer::new(bulk)
                             .expect("valid size")
-                            .max_in_flight(IN_FLIGHT),
+                            .max_in_flight(IN_FLIGHT)
+                            .expect("valid limit"),
                     )
                     .ack(AckLayer::new())
                     .retry_batches(RetryLayer::new(RetryConfig::default()))

@@ -125,7 +125,7 @@ pub enum SettleError {
     #[error("the channel this message arrived on is closed; the broker will redeliver it")]
     ChannelClosed,
     /// Any other backend failure.
-    #[error("settlement failed: {0}")]
+    #[error("settlement failed")]
     Backend(#[source] crate::BoxError),
 }
 
@@ -201,7 +201,10 @@ impl<T: Settle> Drop for Slot<T> {
             if let Err(error) = self.settler.settle(Action::Requeue) {
                 // No route is known here, so no route metric: backends count their own
                 // failed settlements (the AMQP one by queue and reason).
-                tracing::warn!(%error, "requeue of a message dropped unsettled failed");
+                tracing::warn!(
+                    error = %crate::util::Chain(&error),
+                    "requeue of a message dropped unsettled failed"
+                );
             } else {
                 tracing::debug!("message dropped unsettled; requeued");
             }

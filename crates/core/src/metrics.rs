@@ -12,25 +12,22 @@
 //! Handles are resolved once, when a [`RouteMetrics`] is built, so recording costs no
 //! allocation and no lookup. Build it (and the stacks that hold it) after installing your
 //! recorder.
+//!
+//! The layers do not depend on [`RouteMetrics`]: they report through the [`LayerMetrics`]
+//! hook, which `RouteMetrics` implements (the App gives each route's layers its handles).
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, SharedString};
 
 use crate::Action;
-use crate::bulk::FlushReason;
+use crate::observe::FlushReason;
+pub use crate::observe::{LayerEvent, LayerMetrics, Outcome};
 
 /// The default metric-name prefix.
 pub const DEFAULT_NAMESPACE: &str = "asyncworker";
-
-/// How a batch's handler call ended, for the duration histogram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Ok,
-    Error,
-    Panic,
-}
 
 /// Pre-resolved metric handles for one route. Cheap to clone (clones share the handles).
 #[derive(Clone)]
@@ -60,8 +57,8 @@ impl RouteMetrics {
         let batches = [FlushReason::Size, FlushReason::Interval, FlushReason::Shutdown].map(|r| {
             metrics::counter!(name("batches_total"), "route" => route.clone(), "reason" => r.as_str())
         });
-        let duration = ["ok", "error", "panic"].map(|o| {
-            metrics::histogram!(name("handler_duration_seconds"), "route" => route.clone(), "outcome" => o)
+        let duration = [Outcome::Ok, Outcome::Error, Outcome::Panic].map(|o| {
+            metrics::histogram!(name("handler_duration_seconds"), "route" => route.clone(), "outcome" => o.as_str())
         });
         RouteMetrics {
             inner: Arc::new(Handles {
@@ -81,15 +78,21 @@ impl RouteMetrics {
         &self.inner.route
     }
 
-    pub(crate) fn settled(&self, action: Action, n: u64) {
-        self.inner.settled[action.index()].increment(n);
+    pub(crate) fn in_flight(&self) -> &Gauge {
+        &self.inner.in_flight
     }
 
-    pub(crate) fn settle_failed(&self) {
-        self.inner.settle_failures.increment(1);
+    pub(crate) fn source_error(&self) {
+        self.inner.source_errors.increment(1);
+    }
+}
+
+impl LayerMetrics for RouteMetrics {
+    fn route(&self) -> &str {
+        &self.inner.route
     }
 
-    pub(crate) fn batch(&self, reason: FlushReason) {
+    fn on_batch(&self, reason: FlushReason, _size: usize) {
         let i = match reason {
             FlushReason::Size => 0,
             FlushReason::Interval => 1,
@@ -98,21 +101,21 @@ impl RouteMetrics {
         self.inner.batches[i].increment(1);
     }
 
-    pub(crate) fn handler_duration(&self, outcome: Outcome, seconds: f64) {
+    fn on_handled(&self, outcome: Outcome, elapsed: Duration) {
         let i = match outcome {
             Outcome::Ok => 0,
             Outcome::Error => 1,
             Outcome::Panic => 2,
         };
-        self.inner.duration[i].record(seconds);
+        self.inner.duration[i].record(elapsed.as_secs_f64());
     }
 
-    pub(crate) fn in_flight(&self) -> &Gauge {
-        &self.inner.in_flight
+    fn on_settled(&self, action: Action, count: u64) {
+        self.inner.settled[action.index()].increment(count);
     }
 
-    pub(crate) fn source_error(&self) {
-        self.inner.source_errors.increment(1);
+    fn on_settle_failed(&self, _action: Action) {
+        self.inner.settle_failures.increment(1);
     }
 }
 

@@ -28,6 +28,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tower::Service;
 
 use crate::metrics::RouteMetrics;
+use crate::util::{Chain, panic_message};
 use crate::{BoxError, Error, Shutdown, Source, SourceContext};
 
 /// The default grace period for in-flight work at shutdown: 30 seconds.
@@ -257,7 +258,7 @@ where
                                 report.source_errors += 1;
                                 metrics.source_error();
                                 let error: BoxError = error.into();
-                                tracing::warn!(route = %route, %error, "source error");
+                                tracing::warn!(route = %route, error = %Chain(&*error), "source error");
                                 continue;
                             }
                             Poll::Ready(None) => {
@@ -271,7 +272,7 @@ where
                         },
                         Poll::Ready(Err(error)) => {
                             let error: BoxError = error.into();
-                            tracing::error!(route = %route, %error, "service failed; route stops taking messages");
+                            tracing::error!(route = %route, error = %Chain(&*error), "service failed; route stops taking messages");
                             service_error = Some(error);
                             intake = false;
                             // The route is over: flush partial batches and give in-flight
@@ -342,16 +343,6 @@ pub(crate) fn effective_in_flight(configured: Option<usize>, source: Option<usiz
         (None, None) => DEFAULT_MAX_IN_FLIGHT,
     }
     .max(1)
-}
-
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "non-string panic payload"
-    }
 }
 
 pin_project_lite::pin_project! {

@@ -2,9 +2,10 @@
 //! oldest message of each batch, the in-flight clamp, shutdown flush, the concurrent-batch
 //! limit and the flush-reason metrics.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod support;
 
 use asyncworker_core::ack::AckLayer;
 use asyncworker_core::bulk::{Bulk, BulkLayer, FlushReason};
@@ -12,8 +13,8 @@ use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
 use asyncworker_core::metrics::RouteMetrics;
 use asyncworker_core::runtime::Worker;
 use asyncworker_core::{Action, BoxError, Error, Shutdown};
-use futures::StreamExt;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::LocalMetrics;
+use support::layers::{SlowHandler, deliver};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -84,19 +85,6 @@ where
     // Let the task register its timers before the test moves the clock.
     tokio::task::yield_now().await;
     handle
-}
-
-/// Push a message and take it from the queue, as a runtime would.
-async fn deliver(queue: &MemoryQueue) -> MemoryMessage {
-    let id = queue.push_bytes("x");
-    let message = queue
-        .source()
-        .next()
-        .await
-        .expect("queued")
-        .expect("infallible");
-    assert_eq!(message.id(), id);
-    message
 }
 
 fn secs(s: u64) -> Duration {
@@ -174,20 +162,20 @@ async fn the_interval_is_measured_from_the_oldest_message_of_each_batch() {
 
 #[tokio::test(start_paused = true)]
 async fn bulk_size_is_clamped_to_the_messages_that_can_be_in_flight() -> Result<(), Error> {
-    let layer = BulkLayer::<MemoryMessage>::new(512)?.max_in_flight(128);
+    let layer = BulkLayer::<MemoryMessage>::new(512)?.max_in_flight(128)?;
     assert_eq!(layer.effective_size(), 128);
     assert_eq!(
         BulkLayer::<MemoryMessage>::new(64)?
-            .max_in_flight(128)
+            .max_in_flight(128)?
             .effective_size(),
         64
     );
-    assert_eq!(
-        BulkLayer::<MemoryMessage>::new(64)?
-            .max_in_flight(0)
-            .effective_size(),
-        64
-    );
+    // No clamp is expressed by not setting one; 0 is a configuration error.
+    assert_eq!(BulkLayer::<MemoryMessage>::new(64)?.effective_size(), 64);
+    assert!(matches!(
+        BulkLayer::<MemoryMessage>::new(64)?.max_in_flight(0),
+        Err(Error::Config(message)) if message.contains("at least 1")
+    ));
 
     let queue = MemoryQueue::new();
     for _ in 0..256 {
@@ -225,81 +213,31 @@ fn invalid_sizes_fail_at_construction() {
     ));
 }
 
-/// A debugging recorder installed on this thread for the test's lifetime.
-struct Recorded {
-    snapshotter: Snapshotter,
-    _guard: metrics::LocalRecorderGuard<'static>,
+/// The value of the batches counter of route `bulk` for `reason`.
+fn batches(recorded: &LocalMetrics, reason: FlushReason) -> u64 {
+    recorded.counter(
+        "asyncworker_batches_total",
+        &[("route", "bulk"), ("reason", reason.as_str())],
+    )
 }
 
-impl Recorded {
-    fn install() -> Self {
-        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
-        Recorded {
-            snapshotter: recorder.snapshotter(),
-            _guard: metrics::set_default_local_recorder(recorder),
-        }
-    }
-
-    /// Every counter's value, read (and reset: the debugging recorder's snapshots drain
-    /// counters) at once.
-    fn counters(&self) -> Counters {
-        Counters(
-            self.snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .filter_map(|(k, _, _, v)| match v {
-                    DebugValue::Counter(n) => {
-                        let key = k.key();
-                        let labels = key
-                            .labels()
-                            .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                            .collect();
-                        Some((key.name().to_owned(), labels, n))
-                    }
-                    _ => None,
-                })
-                .collect(),
-        )
-    }
-}
-
-type Labels = Vec<(String, String)>;
-
-struct Counters(Vec<(String, Labels, u64)>);
-
-impl Counters {
-    /// The value of counter `name` for `route` with label `key=value`.
-    fn get(&self, name: &str, route: &str, key: &str, value: &str) -> u64 {
-        let has =
-            |labels: &Labels, k: &str, v: &str| labels.iter().any(|(lk, lv)| lk == k && lv == v);
-        self.0
-            .iter()
-            .find(|(n, labels, _)| {
-                n == name && has(labels, "route", route) && has(labels, key, value)
-            })
-            .map_or(0, |(_, _, v)| *v)
-    }
-
-    fn batches(&self, reason: FlushReason) -> u64 {
-        self.get(
-            "asyncworker_batches_total",
-            "bulk",
-            "reason",
-            reason.as_str(),
-        )
-    }
+/// The value of the settled counter of `route` for `action`.
+fn settled(recorded: &LocalMetrics, route: &str, action: &str) -> u64 {
+    recorded.counter(
+        "asyncworker_messages_settled_total",
+        &[("route", route), ("action", action)],
+    )
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_flushes_the_partial_batch_and_every_later_message() {
-    let recorded = Recorded::install();
+    let recorded = LocalMetrics::install();
     let queue = MemoryQueue::new();
     let seen = Seen::new();
     let shutdown = Shutdown::new();
     let layer = BulkLayer::new(10)
         .expect("valid size")
-        .shutdown(shutdown.clone())
+        .with_shutdown(shutdown.clone())
         .metrics(RouteMetrics::new("asyncworker", "bulk"));
     let mut stack = stack(layer, seen.handler());
 
@@ -319,17 +257,11 @@ async fn shutdown_flushes_the_partial_batch_and_every_later_message() {
     c.await.expect("no panic").expect("batch ok");
     assert_eq!(seen.batches()[1], (secs(5), vec![MessageId(2)]));
 
-    let counters = recorded.counters();
-    assert_eq!(counters.batches(FlushReason::Shutdown), 2);
-    assert_eq!(counters.batches(FlushReason::Size), 0);
-    assert_eq!(counters.batches(FlushReason::Interval), 0);
+    assert_eq!(batches(&recorded, FlushReason::Shutdown), 2);
+    assert_eq!(batches(&recorded, FlushReason::Size), 0);
+    assert_eq!(batches(&recorded, FlushReason::Interval), 0);
     assert_eq!(
-        counters.get(
-            "asyncworker_messages_settled_total",
-            "default",
-            "action",
-            "ack"
-        ),
+        settled(&recorded, "default", "ack"),
         0,
         "an Ack given no route handles records nothing (no stray `default` series)"
     );
@@ -337,7 +269,7 @@ async fn shutdown_flushes_the_partial_batch_and_every_later_message() {
 
 #[tokio::test(start_paused = true)]
 async fn flush_reasons_are_counted_in_metrics() {
-    let recorded = Recorded::install();
+    let recorded = LocalMetrics::install();
     let queue = MemoryQueue::new();
     let seen = Seen::new();
     let shutdown = Shutdown::new();
@@ -345,7 +277,7 @@ async fn flush_reasons_are_counted_in_metrics() {
     let layer = BulkLayer::new(2)
         .expect("valid size")
         .flush_interval(secs(10))
-        .shutdown(shutdown.clone())
+        .with_shutdown(shutdown.clone())
         .metrics(metrics.clone());
     let mut stack = layer.layer(AckLayer::new().metrics(metrics).layer(seen.handler()));
 
@@ -367,19 +299,10 @@ async fn flush_reasons_are_counted_in_metrics() {
     }
 
     assert_eq!(seen.sizes(), vec![2, 2, 1, 1]);
-    let counters = recorded.counters();
-    assert_eq!(counters.batches(FlushReason::Size), 2);
-    assert_eq!(counters.batches(FlushReason::Interval), 1);
-    assert_eq!(counters.batches(FlushReason::Shutdown), 1);
-    assert_eq!(
-        counters.get(
-            "asyncworker_messages_settled_total",
-            "bulk",
-            "action",
-            "ack"
-        ),
-        6
-    );
+    assert_eq!(batches(&recorded, FlushReason::Size), 2);
+    assert_eq!(batches(&recorded, FlushReason::Interval), 1);
+    assert_eq!(batches(&recorded, FlushReason::Shutdown), 1);
+    assert_eq!(settled(&recorded, "bulk", "ack"), 6);
 }
 
 /// Runs `messages` messages in full batches whose handler takes a second, and returns the
@@ -387,22 +310,8 @@ async fn flush_reasons_are_counted_in_metrics() {
 async fn peak_concurrency(layer: BulkLayer<MemoryMessage>, messages: usize) -> usize {
     let batches = messages.div_ceil(layer.effective_size());
     let queue = MemoryQueue::new();
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let (running, peak) = (running.clone(), peak.clone());
-        service_fn(move |_batch: Vec<MemoryMessage>| {
-            let (running, peak) = (running.clone(), peak.clone());
-            async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(secs(1)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
-                Ok::<(), BoxError>(())
-            }
-        })
-    };
-    let mut stack = stack(layer, handler);
+    let handler = SlowHandler::new();
+    let mut stack = stack(layer, handler.service());
     let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..messages {
@@ -412,7 +321,7 @@ async fn peak_concurrency(layer: BulkLayer<MemoryMessage>, messages: usize) -> u
         handle.await.expect("no panic").expect("batch ok");
     }
     let took = start.elapsed();
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = handler.peak();
     assert_eq!(took, secs(batches.div_ceil(peak) as u64));
     assert_eq!(queue.outstanding(), 0);
     peak
@@ -440,30 +349,59 @@ async fn max_concurrent_batches_limits_handler_calls_running_at_once() {
 #[tokio::test(start_paused = true)]
 async fn services_made_from_one_layer_share_its_batch_limit() {
     let queue = MemoryQueue::new();
-    let running = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let (running, peak) = (running.clone(), peak.clone());
-        service_fn(move |_batch: Vec<MemoryMessage>| {
-            let (running, peak) = (running.clone(), peak.clone());
-            async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(secs(1)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
-                Ok::<(), BoxError>(())
-            }
-        })
-    };
+    let handler = SlowHandler::new();
     let layer = BulkLayer::new(1)
         .expect("valid size")
         .max_concurrent_batches(1)
         .expect("valid limit");
-    let mut one = stack(layer.clone(), handler.clone());
-    let mut two = stack(layer, handler);
+    let mut one = stack(layer.clone(), handler.service());
+    let mut two = stack(layer, handler.service());
     let a = submit(&mut one, deliver(&queue).await).await;
     let b = submit(&mut two, deliver(&queue).await).await;
     a.await.expect("no panic").expect("batch ok");
     b.await.expect("no panic").expect("batch ok");
-    assert_eq!(peak.load(Ordering::SeqCst), 1);
+    assert_eq!(handler.peak(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closure_hook_sees_each_batch_once_not_each_message() {
+    use asyncworker_core::metrics::{LayerEvent, Outcome};
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let hook = {
+        let events = events.clone();
+        move |event: LayerEvent| events.lock().expect("not poisoned").push(event)
+    };
+    let queue = MemoryQueue::new();
+    let seen = Seen::new();
+    let layer = BulkLayer::new(2).expect("valid size").metrics(hook.clone());
+    let mut stack = layer.layer(AckLayer::new().metrics(hook).layer(seen.handler()));
+    let a = submit(&mut stack, deliver(&queue).await).await;
+    let b = submit(&mut stack, deliver(&queue).await).await;
+    a.await.expect("no panic").expect("batch ok");
+    b.await.expect("no panic").expect("batch ok");
+
+    let events = events.lock().expect("not poisoned").clone();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(
+        events[0],
+        LayerEvent::Batch {
+            reason: FlushReason::Size,
+            size: 2
+        }
+    );
+    assert!(matches!(
+        events[1],
+        LayerEvent::Handled {
+            outcome: Outcome::Ok,
+            ..
+        }
+    ));
+    assert_eq!(
+        events[2],
+        LayerEvent::Settled {
+            action: Action::Ack,
+            count: 2
+        }
+    );
 }

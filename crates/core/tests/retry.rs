@@ -7,9 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+mod support;
+
 use asyncworker_core::Jitter;
+use asyncworker_core::retry::Retry;
 use asyncworker_core::retry::{RetryConfig, RetryLayer, future::ResponseFuture};
-use asyncworker_core::{Error, Retry, Shutdown};
+use asyncworker_core::{Error, Shutdown};
+use support::{assert_send_sync, assert_send_value};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -27,6 +31,11 @@ impl fmt::Display for Failed {
 }
 
 impl std::error::Error for Failed {}
+
+/// The error of attempt `attempt`.
+fn failed(attempt: usize, transient: bool) -> Failed {
+    Failed { attempt, transient }
+}
 
 /// When an attempt started, and with which batch.
 type Call = (Instant, Vec<u32>);
@@ -91,6 +100,45 @@ fn flaky(
     })
 }
 
+/// Runs `service` once on `[1]`, expecting it to give up. Returns the attempt of the error it
+/// gave up with, the attempts the handler saw, and how long it took.
+async fn give_up<S, T>(service: S, log: &Log) -> (usize, usize, Duration)
+where
+    S: Service<Vec<u32>, Response = T, Error = Failed>,
+    T: fmt::Debug,
+{
+    let start = Instant::now();
+    let error = service.oneshot(vec![1]).await.unwrap_err();
+    (error.attempt, log.attempts(), start.elapsed())
+}
+
+/// Runs `service` on `[1]` in a task, lets `after` pass, checks `before_shutdown` and that the
+/// task still runs, triggers `shutdown`, and returns the error the task gives up with.
+async fn shut_down_after<S>(
+    service: S,
+    shutdown: &Shutdown,
+    after: Duration,
+    before_shutdown: impl FnOnce(),
+) -> Failed
+where
+    S: Service<Vec<u32>, Error = Failed> + Send + 'static,
+    S::Response: fmt::Debug + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let task = tokio::spawn(service.oneshot(vec![1]));
+    tokio::time::sleep(after).await;
+    before_shutdown();
+    assert!(!task.is_finished());
+    shutdown.trigger();
+
+    // Bounded, so a Retry that ignores shutdown fails the test instead of hanging it.
+    tokio::time::timeout(Duration::from_secs(3600), task)
+        .await
+        .expect("retry kept going after shutdown")
+        .unwrap()
+        .unwrap_err()
+}
+
 fn no_jitter(max_attempts: u32) -> RetryConfig {
     RetryConfig::builder()
         .max_attempts(max_attempts)
@@ -136,13 +184,7 @@ async fn gives_up_after_max_attempts_and_returns_last_error() {
 
     let error = service.oneshot(vec![1]).await.unwrap_err();
 
-    assert_eq!(
-        error,
-        Failed {
-            attempt: 4,
-            transient: true
-        }
-    );
+    assert_eq!(error, failed(4, true));
     assert_eq!(log.attempts(), 4);
 }
 
@@ -150,13 +192,8 @@ async fn gives_up_after_max_attempts_and_returns_last_error() {
 async fn single_attempt_never_retries() {
     let log = Log::default();
     let service = Retry::new(flaky(usize::MAX, &log), no_jitter(1));
-    let start = Instant::now();
 
-    let error = service.oneshot(vec![1]).await.unwrap_err();
-
-    assert_eq!(error.attempt, 1);
-    assert_eq!(log.attempts(), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(give_up(service, &log).await, (1, 1, Duration::ZERO));
 }
 
 #[tokio::test(start_paused = true)]
@@ -247,16 +284,11 @@ async fn full_jitter_never_exceeds_the_schedule() {
 #[tokio::test(start_paused = true)]
 async fn predicate_false_does_not_retry() {
     let log = Log::default();
-    let start = Instant::now();
     let service = RetryLayer::new(no_jitter(5))
         .retry_if(|_: &Failed| false)
         .layer(flaky(usize::MAX, &log));
 
-    let error = service.oneshot(vec![1]).await.unwrap_err();
-
-    assert_eq!(error.attempt, 1);
-    assert_eq!(log.attempts(), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(give_up(service, &log).await, (1, 1, Duration::ZERO));
 }
 
 #[tokio::test(start_paused = true)]
@@ -277,13 +309,7 @@ async fn predicate_chooses_which_errors_retry() {
 
     let error = service.oneshot(vec![1]).await.unwrap_err();
 
-    assert_eq!(
-        error,
-        Failed {
-            attempt: 3,
-            transient: false
-        }
-    );
+    assert_eq!(error, failed(3, false));
     assert_eq!(log.attempts(), 3);
 }
 
@@ -303,19 +329,11 @@ async fn shutdown_during_backoff_stops_retrying() {
         .layer(flaky(usize::MAX, &log));
     let start = Instant::now();
 
-    let task = tokio::spawn(service.oneshot(vec![1]));
     // The first attempt fails and the 10 s backoff starts; shut down 1 s into it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(log.attempts(), 1);
-    assert!(!task.is_finished());
-    shutdown.trigger();
-
-    // Bounded, so a Retry that ignores shutdown fails the test instead of hanging it.
-    let error = tokio::time::timeout(Duration::from_secs(3600), task)
-        .await
-        .expect("retry kept going after shutdown")
-        .unwrap()
-        .unwrap_err();
+    let error = shut_down_after(service, &shutdown, Duration::from_secs(1), || {
+        assert_eq!(log.attempts(), 1)
+    })
+    .await;
     assert_eq!(error.attempt, 1);
     assert_eq!(log.attempts(), 1);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
@@ -329,14 +347,9 @@ async fn shutdown_before_first_retry_returns_error() {
     let service = RetryLayer::new(no_jitter(5))
         .with_shutdown(shutdown)
         .layer(flaky(usize::MAX, &log));
-    let start = Instant::now();
-
-    let error = service.oneshot(vec![1]).await.unwrap_err();
 
     // The first attempt still runs: the batch gets its one try.
-    assert_eq!(error.attempt, 1);
-    assert_eq!(log.attempts(), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(give_up(service, &log).await, (1, 1, Duration::ZERO));
 }
 
 #[tokio::test(start_paused = true)]
@@ -363,15 +376,10 @@ async fn shutdown_during_an_attempt_lets_it_finish_then_stops() {
     let service = RetryLayer::new(no_jitter(5))
         .with_shutdown(shutdown)
         .layer(handler);
-    let start = Instant::now();
 
-    let error = service.oneshot(vec![1]).await.unwrap_err();
-
-    assert_eq!(error.attempt, 2);
-    assert_eq!(log.attempts(), 2);
     assert_eq!(
-        start.elapsed(),
-        Duration::from_millis(100) + Duration::from_secs(1)
+        give_up(service, &log).await,
+        (2, 2, Duration::from_millis(100) + Duration::from_secs(1))
     );
 }
 
@@ -496,18 +504,8 @@ async fn shutdown_while_waiting_for_readiness_stops_retrying() {
         .with_shutdown(shutdown.clone())
         .layer(handler);
 
-    let task = tokio::spawn(service.oneshot(vec![1]));
     // Past the 100 ms backoff: the future now waits for readiness that never comes.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(!task.is_finished());
-    shutdown.trigger();
-
-    // Bounded, so a Retry that ignores shutdown fails the test instead of hanging it.
-    let error = tokio::time::timeout(Duration::from_secs(3600), task)
-        .await
-        .expect("retry kept going after shutdown")
-        .unwrap()
-        .unwrap_err();
+    let error = shut_down_after(service, &shutdown, Duration::from_secs(5), || {}).await;
     assert_eq!(error.attempt, 1);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
@@ -591,7 +589,6 @@ fn edge_values_are_accepted() {
 
 #[test]
 fn layer_service_and_future_are_send_sync_and_debug() {
-    fn assert_send_sync<T: Send + Sync + 'static>() {}
     fn assert_debug<T: fmt::Debug>() {}
 
     type Handler = Strict;
@@ -611,13 +608,12 @@ fn layer_service_and_future_are_send_sync_and_debug() {
 
 #[tokio::test(start_paused = true)]
 async fn future_of_a_closure_predicate_stack_is_send() {
-    fn assert_send<T: Send>(_: &T) {}
     let log = Log::default();
     let mut service = RetryLayer::new(no_jitter(2))
         .retry_if(|err: &Failed| err.transient)
         .layer(flaky(1, &log));
 
     let future = service.ready().await.unwrap().call(vec![1]);
-    assert_send(&future);
+    assert_send_value(&future);
     assert_eq!(future.await, Ok(2));
 }

@@ -156,7 +156,7 @@ async fn shutdown_finishes_the_in_flight_batch_and_flushes_the_partial_one() {
             BulkLayer::new(3)
                 .expect("valid size")
                 .flush_interval(secs(60))
-                .shutdown(shutdown.clone())
+                .with_shutdown(shutdown.clone())
                 .metrics(route.clone()),
         )
         .ack(AckLayer::new())
@@ -228,7 +228,7 @@ async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
         .bulk(
             BulkLayer::new(1)
                 .expect("valid size")
-                .shutdown(shutdown.clone()),
+                .with_shutdown(shutdown.clone()),
         )
         .ack(AckLayer::new())
         .service(handler);

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+mod support;
+
 use asyncworker_core::Jitter;
 use asyncworker_core::ack::AckLayer;
 use asyncworker_core::bulk::BulkLayer;
@@ -13,6 +15,7 @@ use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MessageId};
 use asyncworker_core::retry::{RetryConfig, RetryLayer};
 use asyncworker_core::runtime::Worker;
 use asyncworker_core::{Action, BoxError, Message, ServiceBuilderExt};
+use support::LocalMetrics;
 use tower::{ServiceBuilder, service_fn};
 
 /// How the handler's call ends.
@@ -360,9 +363,7 @@ async fn error_after_retries_reaches_ack_and_marks_survive_attempts() {
 
 #[tokio::test]
 async fn a_message_the_handler_settled_itself_is_not_settled_again_nor_counted_as_a_failure() {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _guard = metrics::set_default_local_recorder(&recorder);
+    let recorded = LocalMetrics::install();
     let metrics = asyncworker_core::metrics::RouteMetrics::new("asyncworker", "by-hand");
 
     let queue = MemoryQueue::new();
@@ -383,15 +384,6 @@ async fn a_message_the_handler_settled_itself_is_not_settled_again_nor_counted_a
     Worker::new(queue.source(), stack).run().await.expect("run");
 
     assert_eq!(queue.settlement_history(id), vec![Action::Reject]);
-    let failures: u64 = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "asyncworker_settle_failures_total")
-        .map(|(.., value)| match value {
-            metrics_util::debugging::DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum();
+    let failures = recorded.counter("asyncworker_settle_failures_total", &[]);
     assert_eq!(failures, 0);
 }

@@ -5,24 +5,22 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+mod support;
+
 use asyncworker_core::Jitter;
 use asyncworker_core::ack::{self, Ack, AckLayer};
 use asyncworker_core::bulk::{self, Bulk, BulkLayer};
 use asyncworker_core::memory::{MemoryMessage, MemoryQueue, MemorySource};
-use asyncworker_core::retry::{RetryConfig, RetryLayer};
+use asyncworker_core::retry::{Retry, RetryConfig, RetryLayer};
 use asyncworker_core::runtime::Worker;
-use asyncworker_core::{
-    Action, BoxError, Error, Message, Retry, ServiceBuilderExt, Settlement, Shutdown,
-};
+use asyncworker_core::{Action, BoxError, Error, Message, ServiceBuilderExt, Settlement, Shutdown};
 use bytes::Bytes;
+use support::layers::{SlowHandler, deliver};
+use support::{assert_send, assert_send_sync, assert_send_value};
 use tower::limit::ConcurrencyLimitLayer;
 use tower::timeout::TimeoutLayer;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-
-const fn assert_send<T: Send>() {}
-const fn assert_sync<T: Sync>() {}
-const fn assert_send_sync<T: Send + Sync>() {}
 
 /// A handler type that can be named: a boxed, cloneable, `Send + Sync` service.
 type Handler = BoxCloneSyncService<Vec<MemoryMessage>, (), BoxError>;
@@ -49,10 +47,8 @@ const _: () =
     assert_send::<ack::ResponseFuture<<Retry<Handler> as Service<Vec<MemoryMessage>>>::Future>>();
 const _: () = assert_send::<bulk::ResponseFuture<AckStack, MemoryMessage>>();
 const _: () = assert_send_sync::<bulk::BatchError>();
-const _: () = assert_sync::<ack::HandlerPanicked>();
+const _: () = assert_send_sync::<ack::HandlerPanicked>();
 
-/// The type of the value `_` (for types that cannot be named, such as `async fn` futures).
-fn send_of<T: Send>(_: &T) {}
 fn future_of<S: Service<R>, R>(_: &S) -> PhantomData<S::Future> {
     PhantomData
 }
@@ -62,15 +58,13 @@ fn worker_run_future_and_stack_futures_are_send() {
     let queue = MemoryQueue::new();
     let stack = generic_stack::<MemoryMessage>(Shutdown::new()).expect("valid stack");
     // Stacks of plain `service_fn` handlers, not only boxed ones, are Send + Sync...
-    send_of(&stack);
+    assert_send_value(&stack);
     assert_send_value(&future_of::<_, MemoryMessage>(&stack));
     // ... and so is the worker's `run` future, so a route can be spawned.
     let run = Worker::new(queue.source(), stack).run();
-    send_of(&run);
+    assert_send_value(&run);
     drop(run);
 }
-
-fn assert_send_value<T: Send>(_: &T) {}
 
 /// A message type of another backend: the same stack function must work for it.
 #[derive(Debug, Clone)]
@@ -106,7 +100,7 @@ fn generic_stack<M: Message>(
         .bulk(
             BulkLayer::new(2)?
                 .flush_interval(Duration::from_secs(1))
-                .shutdown(shutdown.clone()),
+                .with_shutdown(shutdown.clone()),
         )
         .ack(AckLayer::new())
         .layer(ConcurrencyLimitLayer::new(4))
@@ -213,4 +207,82 @@ async fn a_boxed_handler_service_works_as_the_inner_service() {
         .await
         .expect("worker runs");
     assert_eq!(queue.settlement(id), Some(Action::Reject));
+}
+
+/// Runs `messages` messages, one per batch, through `Bulk → Ack → layer → handler`; the
+/// handler takes a second. Returns when each call started (from the test's start) and the
+/// most calls seen running at once.
+async fn through<L>(layer: L, messages: usize) -> (Vec<Duration>, usize)
+where
+    L: tower::Layer<Handler>,
+    L::Service:
+        Service<Vec<MemoryMessage>, Response = (), Error = BoxError> + Clone + Send + 'static,
+    <L::Service as Service<Vec<MemoryMessage>>>::Future: Send + 'static,
+{
+    let handler = SlowHandler::new();
+    let queue = MemoryQueue::new();
+    for _ in 0..messages {
+        queue.push_bytes("x");
+    }
+    queue.close();
+    let stack = ServiceBuilder::new()
+        .bulk(BulkLayer::new(1).expect("valid size"))
+        .ack(AckLayer::new())
+        .layer(layer)
+        .service(BoxCloneSyncService::new(handler.service()));
+    let report = Worker::new(queue.source(), stack)
+        .run()
+        .await
+        .expect("worker runs");
+    assert_eq!(report.failed, 0);
+    assert_eq!(queue.outstanding(), 0);
+    (handler.started(), handler.peak())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_limit_inside_bulk_bounds_the_batches_running_at_once() {
+    let (started, peak) = through(ConcurrencyLimitLayer::new(2), 6).await;
+    assert_eq!(peak, 2);
+    assert_eq!(started.len(), 6);
+    assert_eq!(started.last(), Some(&Duration::from_secs(2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_behind_a_buffer_fits_inside_bulk() {
+    // `RateLimit` is not `Clone` and Bulk clones its inner service per batch: a `Buffer` in
+    // front of it is (and its clones share the one rate limit).
+    let layer = ServiceBuilder::new()
+        .buffer(8)
+        .rate_limit(1, Duration::from_secs(3));
+    let (started, _) = through(layer, 3).await;
+    let secs = |s| Duration::from_secs(s);
+    assert_eq!(started, vec![secs(0), secs(3), secs(6)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_inside_bulk_is_the_source_of_the_batch_error() {
+    let queue = MemoryQueue::new();
+    let message = deliver(&queue).await;
+    let mut stack = ServiceBuilder::new()
+        .bulk(BulkLayer::new(1).expect("valid size"))
+        .ack(AckLayer::new())
+        .layer(TimeoutLayer::new(Duration::from_secs(1)))
+        .service(service_fn(|_batch: Vec<MemoryMessage>| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<(), BoxError>(())
+        }));
+    let error = stack
+        .ready()
+        .await
+        .expect("ready")
+        .call(message)
+        .await
+        .expect_err("timed out");
+    assert!(error.is::<bulk::BatchError>());
+    assert_eq!(error.to_string(), "batch failed");
+    let cause = error.source().expect("the batch error has a source");
+    assert!(
+        cause.is::<tower::timeout::error::Elapsed>(),
+        "got {cause:?}"
+    );
 }

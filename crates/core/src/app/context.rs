@@ -71,8 +71,8 @@ impl RouteContext {
     pub fn bulk_layer<M>(&self, size: usize) -> Result<BulkLayer<M>, Error> {
         Ok(BulkLayer::new(size)?
             .flush_interval(self.flush_interval)
-            .max_in_flight(self.max_in_flight)
-            .shutdown(self.shutdown.clone())
+            .max_in_flight(self.max_in_flight)?
+            .with_shutdown(self.shutdown.clone())
             .metrics(self.metrics.clone()))
     }
 

@@ -197,7 +197,7 @@ impl Running {
                     // Aborted tasks (a forced shutdown) are cancelled, not failed.
                     Some(Err(e)) if e.is_panic() => {
                         let route = self.task_routes.get(&e.id()).map_or("?", |n| &**n).to_owned();
-                        let cause = crate::runtime::panic_message(&*e.into_panic()).to_owned();
+                        let cause = crate::util::panic_message(&*e.into_panic()).to_owned();
                         tracing::error!(route = %route, panic = %cause, "route panicked; shutting down");
                         self.fail(&mut joined, route, format!("route panicked: {cause}").into());
                     }

@@ -4,6 +4,8 @@
 //! Each test binary includes it with `mod support;`; not every binary uses every item.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod layers;
+
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 /// Fails to compile unless `T` is `Send + Sync + 'static`.

@@ -1,0 +1,307 @@
+//! The batch future (one per batch, shared by its messages) and [`ResponseFuture`] (one per
+//! message).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+
+use futures::future::Shared;
+use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{PollSemaphore, WaitForCancellationFutureOwned};
+use tower::Service;
+
+use super::cell::{Cell, CellGuard};
+use super::layer::Config;
+use super::{BatchError, FlushReason};
+use crate::BoxError;
+use crate::util::ServiceFailed;
+
+pin_project! {
+    #[project = StateProj]
+    #[project_replace = StateReplace]
+    enum BatchState<S, M>
+    where
+        S: Service<Vec<M>>,
+    {
+        Filling {
+            cell: CellGuard<M>,
+            #[pin]
+            timer: Sleep,
+            #[pin]
+            shutdown: WaitForCancellationFutureOwned,
+            // The waker the timer, the shutdown future and the cell were last polled with.
+            registered: Option<Waker>,
+        },
+        // Waiting for a concurrency slot.
+        Sealed {
+            messages: Vec<M>,
+            reason: FlushReason,
+        },
+        // Waiting for the inner service to be ready.
+        Ready {
+            messages: Vec<M>,
+            permit: Option<OwnedSemaphorePermit>,
+            span: tracing::Span,
+        },
+        Running {
+            #[pin]
+            call: S::Future,
+            permit: Option<OwnedSemaphorePermit>,
+            span: tracing::Span,
+        },
+        Done,
+    }
+}
+
+pin_project! {
+    /// One batch: waits for it to seal, takes a concurrency slot, waits for the inner
+    /// service to be ready, calls it.
+    ///
+    /// # Panics
+    ///
+    /// When polled after it completed.
+    #[must_use = "futures do nothing unless polled"]
+    pub(crate) struct BatchFuture<S, M>
+    where
+        S: Service<Vec<M>>,
+    {
+        #[pin]
+        state: BatchState<S, M>,
+        inner: S,
+        slots: Option<PollSemaphore>,
+        config: Arc<Config>,
+        // `Into::into`, taken where `Bulk`'s bounds hold, so that the batch future (named by
+        // `Bulk` and `ResponseFuture`) is a `Future` with no bound beyond `S: Service`.
+        into_error: fn(S::Error) -> BoxError,
+    }
+}
+
+impl<S, M> BatchFuture<S, M>
+where
+    S: Service<Vec<M>>,
+    S::Error: Into<BoxError>,
+{
+    pub(super) fn open(inner: S, config: Arc<Config>, cell: Arc<Cell<M>>) -> Self {
+        let deadline = Instant::now() + config.flush_interval;
+        let state = BatchState::Filling {
+            cell: CellGuard(cell),
+            timer: tokio::time::sleep_until(deadline),
+            shutdown: config.shutdown.triggered(),
+            registered: None,
+        };
+        Self::new(state, inner, config)
+    }
+
+    pub(super) fn sealed(
+        inner: S,
+        config: Arc<Config>,
+        messages: Vec<M>,
+        reason: FlushReason,
+    ) -> Self {
+        Self::new(BatchState::Sealed { messages, reason }, inner, config)
+    }
+
+    fn new(state: BatchState<S, M>, inner: S, config: Arc<Config>) -> Self {
+        BatchFuture {
+            state,
+            inner,
+            slots: config.batch_limit.clone().map(PollSemaphore::new),
+            config,
+            into_error: Into::into,
+        }
+    }
+}
+
+impl<S: Service<Vec<M>>, M> fmt::Debug for BatchFuture<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            BatchState::Filling { .. } => "filling",
+            BatchState::Sealed { .. } => "sealed",
+            BatchState::Ready { .. } => "ready",
+            BatchState::Running { .. } => "running",
+            BatchState::Done => "done",
+        };
+        f.debug_struct("BatchFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S: Service<Vec<M>>, M> Future for BatchFuture<S, M> {
+    type Output = Result<(), BatchError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Filling {
+                    cell,
+                    timer,
+                    shutdown,
+                    registered,
+                } => {
+                    let mut state = cell.0.lock();
+                    if state.sealed.is_none() {
+                        // Fast path. Every message future of the batch polls it once through
+                        // `Shared`, always with the same waker (Shared's own). When nothing
+                        // has changed since the last registration, skip re-registering with
+                        // the timer, the shutdown signal and the cell: one batch of N
+                        // messages would otherwise pay N times for it.
+                        let unchanged =
+                            registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+                                && !timer.is_elapsed()
+                                && !this.config.shutdown.is_triggered();
+                        if unchanged {
+                            return Poll::Pending;
+                        }
+                        if timer.poll(cx).is_ready() {
+                            state.sealed = Some(FlushReason::Interval);
+                        } else if shutdown.poll(cx).is_ready() {
+                            state.sealed = Some(FlushReason::Shutdown);
+                        } else {
+                            // Registered under the lock: a concurrent seal wakes us after.
+                            cell.0.waker.register(cx.waker());
+                            *registered = Some(cx.waker().clone());
+                            return Poll::Pending;
+                        }
+                    }
+                    let reason = state.sealed.unwrap_or(FlushReason::Size);
+                    let messages = std::mem::take(&mut state.messages);
+                    state.taken = true;
+                    drop(state);
+                    this.state.set(BatchState::Sealed { messages, reason });
+                }
+                StateProj::Sealed { .. } => {
+                    let permit = match this.slots.as_mut() {
+                        Some(slots) => ready!(slots.poll_acquire(cx)),
+                        None => None,
+                    };
+                    let StateReplace::Sealed { messages, reason } =
+                        this.state.as_mut().project_replace(BatchState::Done)
+                    else {
+                        unreachable!("bulk: the batch state was matched as sealed");
+                    };
+                    let hook = &this.config.hook;
+                    hook.on_batch(reason, messages.len());
+                    let span = tracing::info_span!(
+                        "batch",
+                        route = hook.route(),
+                        size = messages.len(),
+                        flush_reason = reason.as_str(),
+                    );
+                    this.state.set(BatchState::Ready {
+                        messages,
+                        permit,
+                        span,
+                    });
+                }
+                StateProj::Ready { span, .. } => {
+                    let entered = span.enter();
+                    if let Err(error) = ready!(this.inner.poll_ready(cx)) {
+                        // Its messages are dropped unsettled, so their slots requeue them.
+                        let failed = ServiceFailed::new((this.into_error)(error));
+                        this.config.fail(&failed);
+                        drop(entered);
+                        this.state.set(BatchState::Done);
+                        return Poll::Ready(Err(BatchError::new(Box::new(failed))));
+                    }
+                    drop(entered);
+                    let StateReplace::Ready {
+                        messages,
+                        permit,
+                        span,
+                    } = this.state.as_mut().project_replace(BatchState::Done)
+                    else {
+                        unreachable!("bulk: the batch state was matched as ready");
+                    };
+                    let call = span.in_scope(|| this.inner.call(messages));
+                    this.state.set(BatchState::Running { call, permit, span });
+                }
+                StateProj::Running { call, span, .. } => {
+                    let entered = span.enter();
+                    let result = ready!(call.poll(cx));
+                    drop(entered);
+                    this.state.set(BatchState::Done);
+                    return Poll::Ready(result.map(|_| ()).map_err(|error| {
+                        let error = (this.into_error)(error);
+                        if let Some(failed) = ServiceFailed::find(&*error) {
+                            this.config.fail(failed);
+                        }
+                        BatchError::new(error)
+                    }));
+                }
+                StateProj::Done => panic!("bulk batch future polled after completion"),
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = ResponseProj]
+    enum Inner<S, M>
+    where
+        S: Service<Vec<M>>,
+    {
+        // Boxed: a batch future holds the whole inner stack's future and a timer, and every
+        // message future is moved into its caller's set of in-flight futures; kept inline it
+        // would make each of them (bulk N included) as large as a batch.
+        Direct { future: Pin<Box<BatchFuture<S, M>>> },
+        Shared { #[pin] future: Shared<BatchFuture<S, M>> },
+    }
+}
+
+pin_project! {
+    /// The future of one message given to [`Bulk`](super::Bulk): completes when its batch is
+    /// done, with the batch's [`BatchError`] (boxed) when it failed.
+    ///
+    /// # Panics
+    ///
+    /// When polled after it completed.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<S, M>
+    where
+        // Forced: the batch future holds the future of the inner call.
+        S: Service<Vec<M>>,
+    {
+        #[pin]
+        inner: Inner<S, M>,
+    }
+}
+
+impl<S: Service<Vec<M>>, M> ResponseFuture<S, M> {
+    pub(super) fn direct(future: BatchFuture<S, M>) -> Self {
+        ResponseFuture {
+            inner: Inner::Direct {
+                future: Box::pin(future),
+            },
+        }
+    }
+
+    pub(super) fn shared(future: Shared<BatchFuture<S, M>>) -> Self {
+        ResponseFuture {
+            inner: Inner::Shared { future },
+        }
+    }
+}
+
+impl<S: Service<Vec<M>>, M> fmt::Debug for ResponseFuture<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S: Service<Vec<M>>, M> Future for ResponseFuture<S, M> {
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match self.project().inner.project() {
+            ResponseProj::Direct { future } => ready!(future.as_mut().poll(cx)),
+            ResponseProj::Shared { future } => ready!(future.poll(cx)),
+        };
+        Poll::Ready(result.map_err(|e| Box::new(e) as BoxError))
+    }
+}
