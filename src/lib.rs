@@ -72,7 +72,7 @@ pub mod prelude;
 pub use asyncworker_core::{
     Action, App, Backoff, BackoffBuilder, BoxError, Error, Health, Jitter, Message, Readiness,
     Route, RouteContext, RouteHealth, RouteOptions, ServiceBuilderExt, Settings, Settle,
-    SettleError, Settlement, Shutdown, Source, SourceContext,
+    SettleError, Settlement, Shutdown, Source, SourceContext, Variables,
 };
 pub use asyncworker_core::{ack, builder, bulk, memory, message, metrics, retry, runtime, ticks};
 pub use logging::init_logging;

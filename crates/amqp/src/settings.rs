@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use asyncworker_core::Error;
+use asyncworker_core::{Error, Variables};
 
 use crate::config::{DEFAULT_HEARTBEAT, DEFAULT_PREFETCH};
 
@@ -78,23 +78,12 @@ impl AmqpSettings {
     /// As [`AmqpSettings::from_env`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let mut settings = AmqpSettings::default();
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let vars = Variables::new(lookup);
         // A positive u16, or an error naming the variable and what it expects.
-        let positive = |name: &str, expected: &str| -> Result<Option<u16>, Error> {
-            get(name)
-                .map(|v| {
-                    v.parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| invalid(name, &v, expected))
-                })
-                .transpose()
+        let positive = |name: &str, expected: &str| {
+            vars.parse(name, expected, |v| v.parse::<u16>().ok().filter(|n| *n > 0))
         };
-        if let Some(v) = get("ASYNCWORKER_AMQP_DEFAULT_VHOST") {
+        if let Some(v) = vars.get("ASYNCWORKER_AMQP_DEFAULT_VHOST") {
             settings.vhost = v;
         }
         if let Some(port) = positive("ASYNCWORKER_AMQP_DEFAULT_PORT", "a port, 1-65535")? {
@@ -126,12 +115,6 @@ impl AmqpSettings {
             .as_ref()
             .map_err(String::as_str)
     }
-}
-
-fn invalid(name: &str, value: &str, expected: &str) -> Error {
-    Error::config(format!(
-        "{name}={value:?} is not valid: expected {expected}"
-    ))
 }
 
 #[cfg(test)]

@@ -64,38 +64,32 @@ impl Settings {
     /// As [`Settings::from_env`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let mut settings = Settings::default();
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        if let Some(v) = get("ASYNCWORKER_LOGLEVEL") {
-            settings.log_level = parse_level(&v).ok_or_else(|| {
-                invalid(
-                    "ASYNCWORKER_LOGLEVEL",
-                    &v,
-                    "trace, debug, info, warn, error",
-                )
-            })?;
+        let vars = Variables::new(lookup);
+        if let Some(level) = vars.parse(
+            "ASYNCWORKER_LOGLEVEL",
+            "trace, debug, info, warn, error",
+            parse_level,
+        )? {
+            settings.log_level = level;
         }
-        if let Some(v) = get("ASYNCWORKER_FLUSH_TIMEOUT") {
-            settings.flush_interval = v
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    invalid("ASYNCWORKER_FLUSH_TIMEOUT", &v, "seconds, e.g. 60 or 0.5")
-                })?;
+        if let Some(interval) = vars.parse(
+            "ASYNCWORKER_FLUSH_TIMEOUT",
+            "seconds, e.g. 60 or 0.5",
+            |v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+                    .map(Duration::from_secs_f64)
+            },
+        )? {
+            settings.flush_interval = interval;
         }
-        if let Some(v) = get("ASYNCWORKER_METRICS_NAMESPACE") {
-            check_metric_word("ASYNCWORKER_METRICS_NAMESPACE", &v)?;
+        let metric_word = "letters, digits and underscores, not starting with a digit";
+        if let Some(v) = vars.parse("ASYNCWORKER_METRICS_NAMESPACE", metric_word, metric_name)? {
             settings.metrics_namespace = v;
         }
-        if let Some(v) = get("ASYNCWORKER_METRICS_APPPREFIX") {
-            check_metric_word("ASYNCWORKER_METRICS_APPPREFIX", &v)?;
-            settings.metrics_app_prefix = Some(v);
-        }
+        settings.metrics_app_prefix =
+            vars.parse("ASYNCWORKER_METRICS_APPPREFIX", metric_word, metric_name)?;
         Ok(settings)
     }
 
@@ -108,27 +102,67 @@ impl Settings {
     }
 }
 
-fn invalid(name: &str, value: &str, expected: &str) -> Error {
-    Error::config(format!(
-        "{name}={value:?} is not valid: expected {expected}"
-    ))
+/// Reads configuration variables through a lookup (the environment, or a map of your own),
+/// the way every `ASYNCWORKER_*` variable is read: values are trimmed, a blank value counts as
+/// unset, and a value that cannot be used is an [`Error::Config`] naming the variable and what
+/// it expects. Backends read their own variables with it.
+///
+/// ```
+/// use asyncworker_core::Variables;
+///
+/// let vars = Variables::new(|name| (name == "MY_PORT").then(|| " 80x ".to_owned()));
+/// assert_eq!(vars.get("OTHER"), None);
+/// let error = vars.parse("MY_PORT", "a port", |v| v.parse::<u16>().ok()).unwrap_err();
+/// assert_eq!(error.to_string(), r#"invalid configuration: MY_PORT="80x" is not valid: expected a port"#);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Variables<F> {
+    lookup: F,
 }
 
-fn check_metric_word(name: &str, value: &str) -> Result<(), Error> {
+impl<F: Fn(&str) -> Option<String>> Variables<F> {
+    /// Read variables through `lookup`.
+    pub fn new(lookup: F) -> Self {
+        Variables { lookup }
+    }
+
+    /// The trimmed value of `name`, or `None` when it is unset or blank.
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The value of `name` through `parse`, `None` when unset or blank.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable, its value and `expected` when `parse` returns
+    /// `None`.
+    pub fn parse<T>(
+        &self,
+        name: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>, Error> {
+        self.get(name)
+            .map(|v| {
+                parse(&v).ok_or_else(|| {
+                    Error::config(format!("{name}={v:?} is not valid: expected {expected}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A metric-name word: letters, digits and underscores, not starting with a digit.
+fn metric_name(value: &str) -> Option<String> {
     let ok = value
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            name,
-            value,
-            "letters, digits and underscores, not starting with a digit",
-        ))
-    }
+    ok.then(|| value.to_owned())
 }
 
 fn parse_level(value: &str) -> Option<tracing::Level> {
