@@ -1,1 +1,3 @@
-//! asyncworker-sse: work in progress.
+//! Server-Sent Events for asyncworker.
+
+pub mod parse;
