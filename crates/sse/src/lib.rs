@@ -1,3 +1,4 @@
 //! Server-Sent Events for asyncworker.
 
 pub mod parse;
+pub mod window;
