@@ -415,20 +415,16 @@ impl Parser {
                 self.data.extend_from_slice(value.as_bytes());
                 self.has_data = true;
             }
-            "id" => {
-                if !value.contains('\0') {
-                    self.last_id = (!value.is_empty()).then(|| value.to_owned());
-                    self.id_in_block = true;
-                }
+            "id" if !value.contains('\0') => {
+                self.last_id = (!value.is_empty()).then(|| value.to_owned());
+                self.id_in_block = true;
             }
-            "retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    // Digits only: a parse failure is an overflow; saturate.
-                    let ms = value.parse::<u64>().unwrap_or(u64::MAX);
-                    let retry = Duration::from_millis(ms);
-                    self.retry = Some(retry);
-                    out.push(Frame::Retry(retry));
-                }
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                // Digits only: a parse failure is an overflow; saturate.
+                let ms = value.parse::<u64>().unwrap_or(u64::MAX);
+                let retry = Duration::from_millis(ms);
+                self.retry = Some(retry);
+                out.push(Frame::Retry(retry));
             }
             _ => {}
         }
