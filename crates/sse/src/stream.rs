@@ -42,6 +42,8 @@ pub(crate) struct PathStream {
     stopped: bool,
     /// Ended for good; reported to `health` once.
     finished: bool,
+    /// A parse error, reported after the events completed before it.
+    pending_error: Option<SseError>,
 }
 
 impl PathStream {
@@ -70,6 +72,7 @@ impl PathStream {
             server_retry: None,
             stopped: false,
             finished: false,
+            pending_error: None,
         }
     }
 
@@ -88,6 +91,9 @@ impl PathStream {
                     return Some(Ok(event));
                 }
                 continue;
+            }
+            if let Some(error) = self.pending_error.take() {
+                return Some(Err(error));
             }
             if self.stopped {
                 // Hand requeued events out until every event handed out is settled.
@@ -142,7 +148,7 @@ impl PathStream {
                         };
                         self.disconnect();
                         self.schedule_reconnect(Some(&error));
-                        return Some(Err(error));
+                        self.pending_error = Some(error);
                     }
                 }
                 Ok(Some(Err(source))) => {
