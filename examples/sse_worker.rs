@@ -45,7 +45,11 @@ fn show(value: &serde_json::Value) -> String {
 
 async fn on_event(events: Vec<SseEvent>) -> Result<(), BoxError> {
     for event in &events {
-        tracing::info!(id = event.id().unwrap_or("-"), name = event.name(), "handling event");
+        tracing::info!(
+            id = event.id().unwrap_or("-"),
+            name = event.name(),
+            "handling event"
+        );
     }
     let names: Vec<String> = events.iter().map(|e| format!("'{}'", e.name())).collect();
     println!("Events received: {} [{}]", events.len(), names.join(", "));
