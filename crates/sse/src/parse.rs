@@ -34,7 +34,9 @@
 //! - its line parser waits for the byte after a trailing CR, so an event ending in CR at a
 //!   chunk boundary is only dispatched when more bytes come — the spec, and our tests, want
 //!   it at once;
-//! - it has no limit on an event's size, and it reports UTF-8 errors per chunk, not per line.
+//! - it has no limit on an event's size, and it reports UTF-8 errors per chunk, not per line;
+//! - it panics on a stream that starts with a byte-order mark (it slices one byte off a
+//!   three-byte character).
 //!
 //! This parser scans each byte once (with `memchr`), copies a line only when it straddles a
 //! chunk boundary, and keeps at most [`Parser::max_event_size`] bytes: cost and memory are

@@ -284,3 +284,21 @@ async fn a_connection_refused_is_retried() {
         assert!(error.to_string().contains(&format!("127.0.0.1:{port}/x")));
     }
 }
+
+#[tokio::test]
+async fn the_servers_retry_sets_the_reconnect_delay() {
+    let server = Server::start().await;
+    server.script(
+        "/t",
+        [
+            stream(vec![text("retry: 400\n\nid: 1\ndata: a\n\n")]),
+            stream(vec![text("data: b\n\n")]),
+        ],
+    );
+    let mut d = Direct::start(SseSource::new(&server.config().build().unwrap(), ["/t"]).unwrap());
+    assert_eq!(d.acked().await.data(), "a");
+    assert_eq!(d.acked().await.data(), "b");
+    let requests = server.received();
+    // The backoff alone is 5 ms: only the server's retry explains the wait (a lower bound).
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(400));
+}
