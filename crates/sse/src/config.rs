@@ -251,8 +251,8 @@ impl SseConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a base URL that does not parse, is not `http`/`https` or has a
-    /// fragment; an invalid header name or value; a zero timeout or maximum event size; or
+    /// [`Error::Config`] for a base URL that does not parse, is not `http`/`https` (`https`
+    /// only with the `rustls` feature) or has a fragment; an invalid header name or value; a zero timeout or maximum event size; or
     /// an HTTP client that cannot be built.
     pub fn build(self) -> Result<SseConfig, Error> {
         let mut base = Url::parse(&self.base)
@@ -262,6 +262,11 @@ impl SseConfigBuilder {
                 "sse base URL {:?} is not an http or https URL",
                 redact(&self.base)
             )));
+        }
+        if base.scheme() == "https" && !cfg!(feature = "rustls") {
+            return Err(Error::config(
+                "an https sse base URL needs the `rustls` feature of asyncworker-sse",
+            ));
         }
         if base.fragment().is_some() {
             return Err(Error::config("sse base URL must not have a fragment"));
@@ -293,6 +298,12 @@ impl SseConfigBuilder {
         }
         if self.max_event_size == 0 {
             return Err(Error::config("sse max_event_size must be at least 1"));
+        }
+        #[cfg(feature = "rustls")]
+        {
+            // reqwest is built without a provider of its own: use ring, unless the process
+            // installed one already (then this does nothing).
+            let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let client = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -398,6 +409,12 @@ mod tests {
         assert_eq!(url("http://h", "/e?a=1&b=2"), "http://h/e?a=1&b=2");
         let config = SseConfig::builder("http://h").build().unwrap();
         assert!(config.url("http://other/x").is_err());
+    }
+
+    #[test]
+    fn https_needs_the_rustls_feature() {
+        let built = SseConfig::builder("https://h/").build();
+        assert_eq!(built.is_ok(), cfg!(feature = "rustls"), "{built:?}");
     }
 
     #[test]

@@ -89,9 +89,12 @@
 //! # HTTP client
 //!
 //! reqwest 0.13 with `default-features = false` and only `stream` (for the body as a
-//! stream of chunks): no HTTP/2, no system proxy lookup, no TLS, so `https` base URLs need
-//! the crate's `rustls` feature (reqwest's rustls with the *ring* provider, which the AMQP
-//! backend already builds; aws-lc-rs, reqwest's default provider, needs a C toolchain).
+//! stream of chunks): HTTP/1.1, no HTTP/2, no system proxy lookup, no TLS. An `https` base
+//! URL needs the crate's **`rustls`** feature (without it, it fails at build time
+//! with a clear error): reqwest's `rustls-no-provider` plus rustls with the *ring* provider,
+//! which the AMQP backend already builds (reqwest's default provider, aws-lc-rs, needs a C
+//! toolchain and cmake); certificates are checked with the platform verifier. The feature
+//! installs ring as the process's default rustls provider unless one is installed already.
 //!
 //! [`Source`]: asyncworker_core::Source
 
