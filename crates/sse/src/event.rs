@@ -39,8 +39,8 @@ struct Inner {
 
 /// What an event is, shared by its deliveries (a requeued event is delivered again).
 pub(crate) struct EventData {
-    pub(crate) name: String,
-    pub(crate) id: Option<String>,
+    pub(crate) name: Arc<str>,
+    pub(crate) id: Option<Arc<str>>,
     pub(crate) data: Bytes,
     pub(crate) retry: Option<Duration>,
     pub(crate) path: Arc<str>,

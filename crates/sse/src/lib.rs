@@ -66,8 +66,10 @@
 //!
 //! A batch that is dropped or panics requeues its events (core's rule), so they too are
 //! handed out again. The checkpoint is sent as `Last-Event-ID` on every reconnect and saved
-//! to the [`CheckpointStore`] after each move ([`MemoryCheckpoints`] by default,
-//! [`FileCheckpoints`] to survive restarts, written atomically from a background task). A
+//! to the [`CheckpointStore`] after it moves ([`MemoryCheckpoints`] by default,
+//! [`FileCheckpoints`] to survive restarts, written atomically from a background task, at
+//! most every [`checkpoint_interval`](SseSource::checkpoint_interval) and once more when the
+//! stream ends). A
 //! block that only sets `id:` moves the checkpoint like an event settled on arrival.
 //!
 //! **Delivery guarantee.** With a server that replays from `Last-Event-ID` (as the spec
@@ -114,4 +116,4 @@ pub use checkpoint::{CheckpointStore, FileCheckpoints, MemoryCheckpoints};
 pub use config::{SseConfig, SseConfigBuilder};
 pub use error::SseError;
 pub use event::{BodyError, SseEvent};
-pub use source::{DEFAULT_MAX_REDELIVERIES, SseSource, SseStream};
+pub use source::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_MAX_REDELIVERIES, SseSource, SseStream};

@@ -53,6 +53,7 @@
 //! [`Parser::reset`] prepares it for the next one.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -64,10 +65,10 @@ pub const DEFAULT_MAX_EVENT_SIZE: usize = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEvent {
     /// The event type: the last `event` field of the block, `message` when there was none.
-    pub name: String,
+    pub name: Arc<str>,
     /// The last event id when the event was dispatched (an earlier block's id carries over);
     /// `None` when no id was set, or it was set to the empty string.
-    pub id: Option<String>,
+    pub id: Option<Arc<str>>,
     /// The `data` lines joined with `\n` (UTF-8).
     pub data: Bytes,
     /// The `retry` field of this event's block, if it had a valid one.
@@ -81,7 +82,7 @@ pub enum Frame {
     /// A complete event (its blank line arrived).
     Event(RawEvent),
     /// A block without data that set the last event id (a position without an event).
-    Id(Option<String>),
+    Id(Option<Arc<str>>),
     /// A `retry` field: the server's reconnection time.
     Retry(Duration),
     /// A comment line: not an event, but proof that the server is alive.
@@ -121,7 +122,7 @@ pub enum ParseError {
 /// parser.feed(b"ta: b\r", &mut frames).unwrap();
 /// parser.feed(b"\r", &mut frames).unwrap(); // the blank line: dispatched at once
 /// let Frame::Event(event) = &frames[0] else { panic!() };
-/// assert_eq!((event.name.as_str(), event.id.as_deref()), ("add", Some("7")));
+/// assert_eq!((&*event.name, event.id.as_deref()), ("add", Some("7")));
 /// assert_eq!(&event.data[..], b"a\nb");
 /// ```
 pub struct Parser {
@@ -141,8 +142,10 @@ pub struct Parser {
     data: BytesMut,
     has_data: bool,
     name: String,
+    /// The last name dispatched, shared by the events that repeat it (no allocation each).
+    last_name: Arc<str>,
     /// The last event id buffer (persists across events).
-    last_id: Option<String>,
+    last_id: Option<Arc<str>>,
     /// An `id` field appeared in the current block.
     id_in_block: bool,
     retry: Option<Duration>,
@@ -196,6 +199,7 @@ impl Parser {
             data: BytesMut::new(),
             has_data: false,
             name: String::new(),
+            last_name: Arc::from("message"),
             last_id: None,
             id_in_block: false,
             retry: None,
@@ -214,7 +218,7 @@ impl Parser {
 
     /// Start a new stream (a new connection): drop any unfinished line and event, expect a
     /// BOM again, and take `last_event_id` as the last event id buffer.
-    pub fn reset(&mut self, last_event_id: Option<String>) {
+    pub fn reset(&mut self, last_event_id: Option<Arc<str>>) {
         self.clear_partial();
         self.data_line = None;
         self.skip_lf = false;
@@ -418,7 +422,9 @@ impl Parser {
                 self.has_data = true;
             }
             "id" if !value.contains('\0') => {
-                self.last_id = (!value.is_empty()).then(|| value.to_owned());
+                if self.last_id.as_deref() != Some(value) {
+                    self.last_id = (!value.is_empty()).then(|| Arc::from(value));
+                }
                 self.id_in_block = true;
             }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
@@ -442,12 +448,15 @@ impl Parser {
             return;
         }
         let name = if self.name.is_empty() {
-            "message".to_owned()
+            "message"
         } else {
-            std::mem::take(&mut self.name)
+            &self.name
         };
+        if *self.last_name != *name {
+            self.last_name = Arc::from(name);
+        }
         out.push(Frame::Event(RawEvent {
-            name,
+            name: Arc::clone(&self.last_name),
             id: self.last_id.clone(),
             data: self.data.split().freeze(),
             retry: self.retry,

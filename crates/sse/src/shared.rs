@@ -47,6 +47,9 @@ impl StreamMetrics {
     }
 }
 
+/// An event id; `None` when the server set none (then no `Last-Event-ID` is sent).
+pub(crate) type Id = Option<Arc<str>>;
+
 /// A requeued event, waiting to be handed out again.
 pub(crate) struct Redelivery {
     pub(crate) data: Arc<EventData>,
@@ -56,7 +59,7 @@ pub(crate) struct Redelivery {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) window: SettleWindow<String>,
+    pub(crate) window: SettleWindow<Id>,
     pub(crate) redeliver: VecDeque<Redelivery>,
 }
 
@@ -65,8 +68,10 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Wakes the stream: an event was requeued or settled.
     pub(crate) notify: Notify,
-    /// The checkpoint: the id of the last event of the settled prefix ("" = none).
-    pub(crate) checkpoint: watch::Sender<String>,
+    /// The checkpoint: the id of the last event of the settled prefix.
+    pub(crate) checkpoint: watch::Sender<Id>,
+    /// The server stopped the stream (204): it waits for settlements before it ends.
+    pub(crate) stopped: AtomicBool,
     /// The stream is still running (a requeued event can be handed out again).
     pub(crate) alive: AtomicBool,
     pub(crate) max_redeliveries: u32,
@@ -76,15 +81,16 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(
-        checkpoint: String,
+        checkpoint: Id,
         max_redeliveries: u32,
         metrics: StreamMetrics,
         url: String,
     ) -> Self {
-        if let Ok(n) = checkpoint.parse::<f64>() {
+        if let Some(n) = checkpoint.as_deref().and_then(|id| id.parse::<f64>().ok()) {
             metrics.checkpoint.set(n);
         }
         Shared {
+            stopped: AtomicBool::new(false),
             state: Mutex::default(),
             notify: Notify::new(),
             checkpoint: watch::Sender::new(checkpoint),
@@ -103,7 +109,7 @@ impl Shared {
     pub(crate) fn admit(self: &Arc<Self>, data: Arc<EventData>) -> SseEvent {
         let seq = {
             let mut state = self.lock();
-            let seq = state.window.push(data.id.clone().unwrap_or_default());
+            let seq = state.window.push(data.id.clone());
             self.metrics.unsettled.set(state.window.unsettled() as f64);
             seq
         };
@@ -111,7 +117,7 @@ impl Shared {
     }
 
     /// A block that only moved the id: settled on arrival.
-    pub(crate) fn position(&self, id: String) {
+    pub(crate) fn position(&self, id: Id) {
         let end = self.lock().window.push_settled(id).cloned();
         if let Some(end) = end {
             self.advance(end);
@@ -143,14 +149,18 @@ impl Shared {
         if let Some(end) = end {
             self.advance(end);
         }
-        self.notify.notify_one();
+        // Only a stopped stream waits for settlements; waking a reading one per event would
+        // cost a task switch each.
+        if self.stopped.load(Ordering::Acquire) {
+            self.notify.notify_one();
+        }
     }
 
-    fn advance(&self, id: String) {
-        if let Ok(n) = id.parse::<f64>() {
+    fn advance(&self, id: Id) {
+        if let Some(n) = id.as_deref().and_then(|id| id.parse::<f64>().ok()) {
             self.metrics.checkpoint.set(n);
         }
-        tracing::trace!(url = %self.url, checkpoint = %id, "checkpoint moved");
+        tracing::trace!(url = %self.url, checkpoint = ?id, "checkpoint moved");
         self.checkpoint.send_replace(id);
     }
 

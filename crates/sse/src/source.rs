@@ -4,6 +4,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use asyncworker_core::{Error, Source, SourceContext};
 use futures::stream::{BoxStream, SelectAll};
@@ -14,8 +15,11 @@ use crate::checkpoint::{CheckpointStore, MemoryCheckpoints};
 use crate::config::SseConfig;
 use crate::error::SseError;
 use crate::event::SseEvent;
-use crate::shared::{Health, Shared, StreamMetrics};
+use crate::shared::{Health, Id, Shared, StreamMetrics};
 use crate::stream::PathStream;
+
+/// The default interval between checkpoint saves: 100 ms.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The default bound on deliveries of a requeued event: 3 more after the first.
 pub const DEFAULT_MAX_REDELIVERIES: u32 = 3;
@@ -42,6 +46,7 @@ pub struct SseSource {
     paths: Vec<(Arc<str>, Url)>,
     store: Arc<dyn CheckpointStore>,
     max_redeliveries: u32,
+    checkpoint_interval: Duration,
 }
 
 impl fmt::Debug for SseSource {
@@ -82,6 +87,7 @@ impl SseSource {
             paths,
             store: Arc::new(MemoryCheckpoints::new()),
             max_redeliveries: DEFAULT_MAX_REDELIVERIES,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         })
     }
 
@@ -96,6 +102,14 @@ impl SseSource {
     /// that, a requeue rejects it (logged), so the checkpoint can move past it.
     pub fn max_redeliveries(mut self, n: u32) -> Self {
         self.max_redeliveries = n;
+        self
+    }
+
+    /// Save the checkpoint at most this often (default 100 ms; zero: after every move). The
+    /// last checkpoint is always saved when the stream ends. A crash loses at most this much
+    /// progress, which a replaying server sends again.
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = interval;
         self
     }
 
@@ -125,17 +139,17 @@ impl Source for SseSource {
         for (path, url) in self.paths {
             let key = SseSource::checkpoint_key(cx.route(), &path);
             let (checkpoint, load_error) = match self.store.load(&key) {
-                Ok(id) => (id.unwrap_or_default(), None),
+                Ok(id) => (id.filter(|id| !id.is_empty()).map(Arc::from), None),
                 Err(source) => (
-                    String::new(),
+                    None,
                     Some(SseError::Checkpoint {
                         key: key.clone(),
                         source,
                     }),
                 ),
             };
-            if !checkpoint.is_empty() {
-                tracing::info!(route = cx.route(), url = %url, checkpoint = %checkpoint, "resuming from the stored checkpoint");
+            if let Some(id) = &checkpoint {
+                tracing::info!(route = cx.route(), url = %url, checkpoint = %id, "resuming from the stored checkpoint");
             }
             let metrics = StreamMetrics::new(cx.route(), &path);
             let shared = Arc::new(Shared::new(
@@ -148,6 +162,7 @@ impl Source for SseSource {
                 Arc::clone(&self.store),
                 key,
                 shared.checkpoint.subscribe(),
+                self.checkpoint_interval,
             ));
             let stream = PathStream::new(
                 shared,
@@ -173,20 +188,27 @@ impl Source for SseSource {
     }
 }
 
-/// Save each new checkpoint, off the handler's path, until the stream and all its events
-/// are gone; then the last one.
+/// Save each new checkpoint, off the handler's path, at most once per `interval` (the
+/// latest one: checkpoints only move forward in arrival order, so skipping one in between
+/// loses nothing), until the stream and all its events are gone; then the last one.
 async fn write_checkpoints(
     store: Arc<dyn CheckpointStore>,
     key: String,
-    mut rx: tokio::sync::watch::Receiver<String>,
+    mut rx: tokio::sync::watch::Receiver<Id>,
+    interval: Duration,
 ) {
     let mut saved = rx.borrow_and_update().clone();
     loop {
         let closed = rx.changed().await.is_err();
+        if !closed && !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
         let id = rx.borrow_and_update().clone();
         if id != saved {
-            let (store, k, value) = (Arc::clone(&store), key.clone(), id.clone());
-            match tokio::task::spawn_blocking(move || store.save(&k, &value)).await {
+            let (store, k) = (Arc::clone(&store), key.clone());
+            let value = id.clone();
+            let save = move || store.save(&k, value.as_deref().unwrap_or(""));
+            match tokio::task::spawn_blocking(save).await {
                 Ok(Ok(())) => saved = id,
                 Ok(Err(error)) => {
                     tracing::warn!(key = %key, %error, "could not save the sse checkpoint")

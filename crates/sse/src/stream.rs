@@ -192,7 +192,7 @@ impl PathStream {
                 Some(self.shared.admit(data))
             }
             Frame::Id(id) => {
-                self.shared.position(id.unwrap_or_default());
+                self.shared.position(id);
                 None
             }
             Frame::Retry(retry) => {
@@ -206,8 +206,8 @@ impl PathStream {
     async fn connect(&mut self) -> Result<(), SseError> {
         let checkpoint = self.shared.checkpoint.borrow().clone();
         let url = self.url.to_string();
-        let request = self.config.request(&self.url, Some(&checkpoint));
-        tracing::debug!(url = %url, last_event_id = %checkpoint, "connecting");
+        let request = self.config.request(&self.url, checkpoint.as_deref());
+        tracing::debug!(url = %url, last_event_id = ?checkpoint, "connecting");
         // The connect timeout covers TCP; waiting for the response head is bounded by the
         // idle timeout, like every later read.
         let response = match tokio::time::timeout(self.config.idle_timeout(), request.send()).await
@@ -225,6 +225,7 @@ impl PathStream {
         if status == 204 {
             tracing::info!(url = %url, "server answered 204 No Content: this stream stops");
             self.stopped = true;
+            self.shared.stopped.store(true, Ordering::Release);
             return Ok(());
         }
         if !response.status().is_success() {
@@ -253,9 +254,8 @@ impl PathStream {
                 content_type,
             });
         }
-        tracing::info!(url = %url, last_event_id = %checkpoint, "event stream connected");
-        self.parser
-            .reset((!checkpoint.is_empty()).then_some(checkpoint));
+        tracing::info!(url = %url, last_event_id = ?checkpoint, "event stream connected");
+        self.parser.reset(checkpoint);
         self.conn = Some(Connection {
             body: response.bytes_stream().boxed(),
             since: Instant::now(),

@@ -37,7 +37,11 @@ fn ours(input: &str, chunk: usize) -> Vec<Triple> {
     frames
         .into_iter()
         .filter_map(|f| match f {
-            Frame::Event(e) => Some((e.name, e.id, String::from_utf8(e.data.to_vec()).unwrap())),
+            Frame::Event(e) => Some((
+                e.name.to_string(),
+                e.id.map(|id| id.to_string()),
+                String::from_utf8(e.data.to_vec()).unwrap(),
+            )),
             _ => None,
         })
         .collect()

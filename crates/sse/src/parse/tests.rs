@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use super::*;
 
 fn feed_all(chunks: &[&[u8]], max: usize) -> Result<Vec<Frame>, ParseError> {
@@ -38,8 +40,8 @@ fn events(input: &str) -> Vec<(String, Option<String>, String)> {
         .into_iter()
         .filter_map(|frame| match frame {
             Frame::Event(e) => Some((
-                e.name,
-                e.id,
+                e.name.to_string(),
+                e.id.map(|id| id.to_string()),
                 String::from_utf8(e.data.to_vec()).expect("utf-8"),
             )),
             _ => None,
@@ -183,7 +185,7 @@ fn block_without_data_dispatches_nothing() {
 
 #[test]
 fn id_only_block_reports_the_position() {
-    assert_eq!(frames("id: 5\n\n"), vec![Frame::Id(Some("5".to_owned()))]);
+    assert_eq!(frames("id: 5\n\n"), vec![Frame::Id(Some("5".into()))]);
     assert_eq!(
         events("id: 5\n\ndata: x\n\n"),
         vec![named("message", Some("5"), "x")]
@@ -302,7 +304,7 @@ fn cut_off_event_is_never_dispatched() {
     parser
         .feed(b"id: 1\ndata: a\n\ndata: cut\n", &mut out)
         .unwrap();
-    parser.reset(parser.last_event_id().map(str::to_owned));
+    parser.reset(parser.last_event_id().map(Arc::from));
     parser.feed(b"\n", &mut out).unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(parser.last_event_id(), Some("1"));
@@ -352,7 +354,7 @@ fn parser_is_usable_after_an_error_and_reset() {
     let mut parser = Parser::with_max_event_size(4);
     let mut out = Vec::new();
     assert!(parser.feed(b"id: 9\ndata: 12345\n\n", &mut out).is_err());
-    parser.reset(Some("9".to_owned()));
+    parser.reset(Some("9".into()));
     parser.feed(b"data: 1\n\n", &mut out).unwrap();
     let Frame::Event(event) = &out[0] else {
         panic!("{out:?}")
