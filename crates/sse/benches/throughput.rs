@@ -99,6 +99,29 @@ async fn backend(url: &str, bulk: usize) -> u64 {
     handled.load(Ordering::Relaxed)
 }
 
+/// The source alone, each event acknowledged as it arrives: the backend's own cost, without
+/// the runtime and layers.
+async fn source_only(url: &str) -> u64 {
+    use asyncworker_core::{Action, Message, Shutdown, Source, SourceContext};
+    let config = SseConfig::builder(url)
+        .backoff(
+            asyncworker_core::Backoff::builder()
+                .initial_delay(Duration::ZERO)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let source = SseSource::new(&config, ["/e"]).unwrap();
+    let mut stream = source.into_stream(SourceContext::new("bench", Shutdown::new()));
+    let mut n = 0;
+    while let Some(event) = stream.next().await {
+        event.unwrap().settlement().settle(Action::Ack).unwrap();
+        n += 1;
+    }
+    n
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -113,6 +136,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("raw_reqwest_eventsource_stream", |b| {
         b.to_async(&rt).iter(|| async {
             assert_eq!(raw(&client, &url).await, EVENTS);
+        })
+    });
+    group.bench_function("source_only", |b| {
+        b.to_async(&rt).iter(|| async {
+            assert_eq!(source_only(&url).await, EVENTS);
         })
     });
     for bulk in [1, 256] {

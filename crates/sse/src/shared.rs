@@ -72,6 +72,9 @@ pub(crate) struct Shared {
     pub(crate) checkpoint: watch::Sender<Id>,
     /// The server stopped the stream (204): it waits for settlements before it ends.
     pub(crate) stopped: AtomicBool,
+    /// Told when this is dropped (the stream and all its events are gone), so the checkpoint
+    /// writer saves the last checkpoint at once.
+    pub(crate) gone: Arc<Notify>,
     /// The stream is still running (a requeued event can be handed out again).
     pub(crate) alive: AtomicBool,
     pub(crate) max_redeliveries: u32,
@@ -91,6 +94,7 @@ impl Shared {
         }
         Shared {
             stopped: AtomicBool::new(false),
+            gone: Arc::new(Notify::new()),
             state: Mutex::default(),
             notify: Notify::new(),
             checkpoint: watch::Sender::new(checkpoint),
@@ -167,6 +171,13 @@ impl Shared {
     /// Whether the window still has unsettled events.
     pub(crate) fn has_unsettled(&self) -> bool {
         self.lock().window.unsettled() > 0
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // A permit is stored if the writer is not waiting yet.
+        self.gone.notify_one();
     }
 }
 

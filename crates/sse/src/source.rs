@@ -162,6 +162,7 @@ impl Source for SseSource {
                 Arc::clone(&self.store),
                 key,
                 shared.checkpoint.subscribe(),
+                Arc::clone(&shared.gone),
                 self.checkpoint_interval,
             ));
             let stream = PathStream::new(
@@ -195,13 +196,19 @@ async fn write_checkpoints(
     store: Arc<dyn CheckpointStore>,
     key: String,
     mut rx: tokio::sync::watch::Receiver<Id>,
+    gone: Arc<tokio::sync::Notify>,
     interval: Duration,
 ) {
     let mut saved = rx.borrow_and_update().clone();
     loop {
-        let closed = rx.changed().await.is_err();
+        let mut closed = rx.changed().await.is_err();
+        // Let more settlements land before saving (without a wake-up for each), unless the
+        // stream is gone.
         if !closed && !interval.is_zero() {
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = gone.notified() => closed = true,
+            }
         }
         let id = rx.borrow_and_update().clone();
         if id != saved {

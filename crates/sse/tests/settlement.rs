@@ -195,7 +195,10 @@ async fn the_next_connection_asks_for_the_last_event_before_an_unsettled_one() {
     let replayed = d.event().await;
     assert_eq!(replayed.id(), Some("2"));
     assert_eq!(server.received()[1].last_event_id(), Some("1"));
-    eventually("checkpoint 1 saved", || store.get("r /n").as_deref() == Some("1")).await;
+    eventually("checkpoint 1 saved", || {
+        store.get("r /n").as_deref() == Some("1")
+    })
+    .await;
     // Settling b lets the prefix run to c.
     b_again.settlement().settle(Action::Ack).unwrap();
     eventually("checkpoint 3", || store.get("r /n").as_deref() == Some("3")).await;
