@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use asyncworker_core::Shutdown;
+use asyncworker_core::{Backoff, Shutdown};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -36,12 +36,13 @@ pub(crate) struct PathStream {
     frames: VecDeque<Frame>,
     scratch: Vec<Frame>,
     reconnect_at: Option<Instant>,
-    failures: u32,
-    server_retry: Option<Duration>,
+    schedule: Schedule,
     /// 204: the server asked us to stop.
     stopped: bool,
-    /// Ended for good; reported to `health` once.
+    /// Ended for good.
     finished: bool,
+    /// Told `health` it no longer runs (at a 204, or when it ends).
+    left_health: bool,
     /// A parse error, reported after the events completed before it.
     pending_error: Option<SseError>,
 }
@@ -56,6 +57,7 @@ impl PathStream {
         health: Arc<Health>,
     ) -> Self {
         let parser = Parser::with_max_event_size(config.max_event_size());
+        let schedule = Schedule::new(&config);
         PathStream {
             shared,
             config,
@@ -68,10 +70,10 @@ impl PathStream {
             frames: VecDeque::new(),
             scratch: Vec::new(),
             reconnect_at: None,
-            failures: 0,
-            server_retry: None,
+            schedule,
             stopped: false,
             finished: false,
+            left_health: false,
             pending_error: None,
         }
     }
@@ -196,7 +198,7 @@ impl PathStream {
                 None
             }
             Frame::Retry(retry) => {
-                self.server_retry = Some(retry);
+                self.schedule.server_retry = Some(retry);
                 None
             }
             _ => None,
@@ -226,6 +228,8 @@ impl PathStream {
             tracing::info!(url = %url, "server answered 204 No Content: this stream stops");
             self.stopped = true;
             self.shared.stopped.store(true, Ordering::Release);
+            // Readiness no longer waits for this stream.
+            self.leave_health();
             return Ok(());
         }
         if !response.status().is_success() {
@@ -269,37 +273,26 @@ impl PathStream {
     /// connect's reset).
     fn disconnect(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if conn.since.elapsed() >= self.config.healthy_after() {
-                self.failures = 0;
-            }
+            self.schedule.disconnected_after(conn.since.elapsed());
             self.shared.metrics.connected.set(0.0);
             self.health.down();
         }
     }
 
     fn schedule_reconnect(&mut self, error: Option<&SseError>) {
-        self.failures = self.failures.saturating_add(1);
-        let mut delay = self.config.backoff().delay(self.failures);
-        if let Some(retry) = self.server_retry {
-            delay = delay.max(retry);
-        }
-        let cause = error.map_or("eof", SseError::cause);
-        if let Some(error) = error {
-            if let SseError::Status {
-                retry_after: Some(after),
-                ..
-            } = error
-            {
-                delay = delay.max(*after);
-            }
-            if error.is_client_error() {
-                delay = delay.max(self.config.client_error_delay());
+        let delay = self.schedule.next_delay(error);
+        match error {
+            Some(error) if error.is_client_error() => {
                 tracing::error!(url = %self.url, %error, retry_in = ?delay, "the server refused the event stream");
-            } else {
+            }
+            Some(error) => {
                 tracing::warn!(url = %self.url, %error, retry_in = ?delay, "event stream failed");
             }
+            None => {}
         }
-        self.shared.metrics.reconnect(cause);
+        self.shared
+            .metrics
+            .reconnect(error.map_or("eof", SseError::cause));
         self.reconnect_at = Some(Instant::now() + delay);
     }
 
@@ -310,12 +303,127 @@ impl PathStream {
         self.finished = true;
         self.disconnect();
         self.shared.alive.store(false, Ordering::Release);
-        self.health.stopped();
+        self.leave_health();
+    }
+
+    fn leave_health(&mut self) {
+        if !self.left_health {
+            self.left_health = true;
+            self.health.stopped();
+        }
+    }
+}
+
+/// When to reconnect: core's backoff over consecutive failures, started over after a
+/// healthy connection, and never sooner than the server asked (`retry:`, `Retry-After`) or,
+/// after a client error, than the long client-error delay.
+#[derive(Debug, Clone)]
+struct Schedule {
+    backoff: Backoff,
+    client_error_delay: Duration,
+    healthy_after: Duration,
+    failures: u32,
+    server_retry: Option<Duration>,
+}
+
+impl Schedule {
+    fn new(config: &SseConfig) -> Self {
+        Schedule {
+            backoff: config.backoff(),
+            client_error_delay: config.client_error_delay(),
+            healthy_after: config.healthy_after(),
+            failures: 0,
+            server_retry: None,
+        }
+    }
+
+    /// A connection ended after being up for `up`: a healthy one resets the backoff.
+    fn disconnected_after(&mut self, up: Duration) {
+        if up >= self.healthy_after {
+            self.failures = 0;
+        }
+    }
+
+    /// The wait before the next attempt, after a failure (`error`) or the end of the body.
+    fn next_delay(&mut self, error: Option<&SseError>) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let mut delay = self.backoff.delay(self.failures);
+        if let Some(retry) = self.server_retry {
+            delay = delay.max(retry);
+        }
+        if let Some(SseError::Status {
+            retry_after: Some(after),
+            ..
+        }) = error
+        {
+            delay = delay.max(*after);
+        }
+        if error.is_some_and(SseError::is_client_error) {
+            delay = delay.max(self.client_error_delay);
+        }
+        delay
     }
 }
 
 impl Drop for PathStream {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> Schedule {
+        let backoff = Backoff::builder()
+            .initial_delay(Duration::from_millis(100))
+            .max_delay(Duration::from_secs(1))
+            .jitter(asyncworker_core::Jitter::None)
+            .build()
+            .unwrap();
+        let config = SseConfig::builder("http://h")
+            .backoff(backoff)
+            .client_error_delay(Duration::from_secs(60))
+            .healthy_after(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Schedule::new(&config)
+    }
+
+    fn status(status: u16, retry_after: Option<u64>) -> SseError {
+        SseError::Status {
+            url: "http://h/".into(),
+            status,
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_starts_over_after_a_healthy_connection() {
+        let mut s = schedule();
+        let ms = Duration::from_millis;
+        assert_eq!(s.next_delay(None), ms(100));
+        assert_eq!(s.next_delay(Some(&status(500, None))), ms(200));
+        s.disconnected_after(Duration::from_secs(29));
+        assert_eq!(s.next_delay(None), ms(400));
+        s.disconnected_after(Duration::from_secs(30));
+        assert_eq!(s.next_delay(None), ms(100));
+    }
+
+    #[test]
+    fn the_server_and_client_errors_lengthen_the_wait() {
+        let mut s = schedule();
+        assert_eq!(
+            s.next_delay(Some(&status(429, Some(5)))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            s.next_delay(Some(&status(401, None))),
+            Duration::from_secs(60)
+        );
+        s.server_retry = Some(Duration::from_secs(3));
+        s.disconnected_after(Duration::from_secs(60));
+        assert_eq!(s.next_delay(None), Duration::from_secs(3));
     }
 }
