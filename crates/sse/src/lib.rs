@@ -117,3 +117,24 @@ pub use config::{SseConfig, SseConfigBuilder};
 pub use error::SseError;
 pub use event::{BodyError, SseEvent};
 pub use source::{DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_MAX_REDELIVERIES, SseSource, SseStream};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn assert_send_sync<T: Send + Sync + 'static>() {}
+    const fn assert_send<T: Send + 'static>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        assert_send_sync::<SseEvent>();
+        assert_send_sync::<SseConfig>();
+        assert_send_sync::<SseSource>();
+        assert_send_sync::<SseError>();
+        assert_send_sync::<BodyError>();
+        assert_send_sync::<FileCheckpoints>();
+        assert_send_sync::<MemoryCheckpoints>();
+        assert_send_sync::<parse::Parser>();
+        assert_send::<SseStream>();
+    }
+}
