@@ -127,6 +127,7 @@ pub enum ParseError {
 /// ```
 pub struct Parser {
     max: usize,
+    eol: Eol,
     /// The start of a line whose end has not arrived yet.
     partial: Vec<u8>,
     /// `partial` holds a colon, and is not a `data` line.
@@ -190,6 +191,7 @@ impl Parser {
     pub fn with_max_event_size(max: usize) -> Self {
         Parser {
             max,
+            eol: Eol::new(),
             partial: Vec::new(),
             partial_field_known: false,
             data_line: None,
@@ -250,7 +252,7 @@ impl Parser {
             }
         }
         while !chunk.is_empty() {
-            let found = find_eol(chunk);
+            let found = self.eol.find(chunk);
             let piece = &chunk[..found.unwrap_or(chunk.len())];
             if self.data_line.is_some() {
                 self.stream_data(piece)?;
@@ -465,20 +467,49 @@ impl Parser {
     }
 }
 
-/// The first CR or LF in `haystack`.
+/// Finds the first CR or LF.
 ///
 /// The generic `memchr2` picks its implementation at every call; that fixed cost dominates
-/// on the small reads a slow stream makes (64 bytes: ~9 ns, more than copying them), so short
-/// haystacks go straight to the SSE2 searcher, which every x86-64 CPU has.
-fn find_eol(haystack: &[u8]) -> Option<usize> {
+/// on the small reads a slow stream makes (64 bytes: ~9 ns, more than copying them), so the
+/// parser picks the best searcher once (AVX2 where the CPU has it, else SSE2, which every
+/// x86-64 CPU has) and keeps it.
+#[derive(Clone, Copy)]
+struct Eol {
     #[cfg(target_arch = "x86_64")]
-    if haystack.len() < 256 {
-        // SSE2 is part of x86-64: `new` always succeeds there.
-        if let Some(two) = memchr::arch::x86_64::sse2::memchr::Two::new(b'\n', b'\r') {
-            return two.find(haystack);
+    avx2: Option<memchr::arch::x86_64::avx2::memchr::Two>,
+    #[cfg(target_arch = "x86_64")]
+    sse2: Option<memchr::arch::x86_64::sse2::memchr::Two>,
+}
+
+impl Eol {
+    fn new() -> Self {
+        Eol {
+            #[cfg(target_arch = "x86_64")]
+            avx2: memchr::arch::x86_64::avx2::memchr::Two::new(b'\n', b'\r'),
+            #[cfg(target_arch = "x86_64")]
+            sse2: memchr::arch::x86_64::sse2::memchr::Two::new(b'\n', b'\r'),
         }
     }
-    memchr::memchr2(b'\n', b'\r', haystack)
+
+    #[inline]
+    fn find(&self, haystack: &[u8]) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(two) = &self.avx2 {
+                return two.find(haystack);
+            }
+            if let Some(two) = &self.sse2 {
+                return two.find(haystack);
+            }
+        }
+        memchr::memchr2(b'\n', b'\r', haystack)
+    }
+}
+
+/// The first CR or LF in `haystack` (for tests: the parser keeps its own [`Eol`]).
+#[cfg(test)]
+fn find_eol(haystack: &[u8]) -> Option<usize> {
+    Eol::new().find(haystack)
 }
 
 #[cfg(test)]
