@@ -1,5 +1,12 @@
 //! A real HTTP server (axum on 127.0.0.1:0) serving scripted event streams, and helpers to
 //! read what a source makes of them.
+//!
+//! No paused time here: with real sockets, tokio's auto-advance would fire timers (the idle
+//! timeout, reqwest's, the backoff) whenever the runtime waits on I/O. These tests run in
+//! real time with fast, jitter-free backoffs; they wait for conditions (gates the test opens,
+//! [`eventually`], [`PATIENCE`] as a guard) and the only timings they assert are lower bounds
+//! (a `Retry-After` was waited for), which a correct implementation cannot miss. The
+//! reconnect schedule itself is unit-tested without a clock (`stream::tests`).
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::{HashMap, VecDeque};
