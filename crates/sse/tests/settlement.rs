@@ -309,3 +309,81 @@ async fn metrics_count_events_bytes_reconnects_and_the_checkpoint() {
         Some(&DebugValue::Gauge(1.0.into()))
     );
 }
+
+#[tokio::test]
+async fn while_a_failing_handler_holds_an_event_the_next_connection_asks_from_before_it() {
+    let server = Server::start().await;
+    let end_first = Gate::new();
+    server.script(
+        "/h",
+        [
+            stream(vec![
+                text("id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\n"),
+                Part::Gate(end_first.clone()),
+            ]),
+            stream(vec![Part::Hang]),
+        ],
+    );
+    let store = MemoryCheckpoints::new();
+    let config = server.config().build().unwrap();
+    let source = SseSource::new(&config, ["/h"])
+        .unwrap()
+        .checkpoint_store(store.clone());
+    // The handler holds event 2's first delivery until `release` opens, then fails it.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::new(tokio::sync::Notify::new());
+    let seen: Seen = Arc::default();
+    let (r, h, s) = (Arc::clone(&release), Arc::clone(&held), Arc::clone(&seen));
+    let handler = service_fn(move |events: Vec<SseEvent>| {
+        let (release, held, seen) = (Arc::clone(&r), Arc::clone(&h), Arc::clone(&s));
+        hold_then_fail(events, release, held, seen)
+    });
+    let stack = ServiceBuilder::new()
+        .layer(BulkLayer::new(1).unwrap())
+        .layer(AckLayer::new())
+        .service(handler);
+    let shutdown = Shutdown::new();
+    let cx = SourceContext::new("r", shutdown.clone());
+    let task = tokio::spawn(Worker::new(source, stack).source_context(cx).run());
+    held.notified().await;
+    eventually("3 handled", || ids(&seen).contains(&"3".to_owned())).await;
+    eventually("checkpoint 1", || store.get("r /h").as_deref() == Some("1")).await;
+    end_first.open();
+    let requests = server.wait_requests(2).await;
+    assert_eq!(requests[1].last_event_id(), Some("1"));
+    release.add_permits(1);
+    eventually("checkpoint 3", || store.get("r /h").as_deref() == Some("3")).await;
+    let deliveries: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .filter(|(id, _)| id == "2")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(deliveries, vec![1, 2]);
+    shutdown.trigger();
+    task.await.unwrap().unwrap();
+}
+
+async fn hold_then_fail(
+    events: Vec<SseEvent>,
+    release: Arc<tokio::sync::Semaphore>,
+    held: Arc<tokio::sync::Notify>,
+    seen: Seen,
+) -> Result<(), BoxError> {
+    let batch: Vec<_> = events
+        .iter()
+        .map(|e| (e.id().unwrap_or_default().to_owned(), e.delivery()))
+        .collect();
+    seen.lock().unwrap().push(batch);
+    if events
+        .iter()
+        .any(|e| e.id() == Some("2") && e.delivery() == 1)
+    {
+        held.notify_one();
+        let _permit = release.acquire().await;
+        return Err("event 2 failed".into());
+    }
+    Ok(())
+}
