@@ -148,7 +148,11 @@ mod local {
             ),
             _ => ("deployment_success", format!(r#"{{"id": "deploy-{n}"}}"#)),
         };
-        let comment = if n.is_multiple_of(5) { ": keep-alive\n\n" } else { "" };
+        let comment = if n.is_multiple_of(5) {
+            ": keep-alive\n\n"
+        } else {
+            ""
+        };
         format!("{comment}id: {n}\nevent: {name}\ndata: {data}\n\n")
     }
 
