@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use asyncworker_core::{Action, Readiness, Settle, SettleError, Settlement};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::event::{EventData, SseEvent};
 use crate::window::{Seq, SettleWindow};
@@ -50,6 +50,24 @@ impl StreamMetrics {
 /// An event id; `None` when the server set none (then no `Last-Event-ID` is sent).
 pub(crate) type Id = Option<Arc<str>>;
 
+/// A stream's checkpoint, shared with the task that saves it.
+pub(crate) struct Checkpoint {
+    id: Mutex<Id>,
+    /// Told on every move (a stored permit while the writer is busy: no wake-up per move).
+    pub(crate) changed: Notify,
+}
+
+impl Checkpoint {
+    pub(crate) fn get(&self) -> Id {
+        self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, id: Id) {
+        *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+        self.changed.notify_one();
+    }
+}
+
 /// A requeued event, waiting to be handed out again.
 pub(crate) struct Redelivery {
     pub(crate) data: Arc<EventData>,
@@ -69,7 +87,7 @@ pub(crate) struct Shared {
     /// Wakes the stream: an event was requeued or settled.
     pub(crate) notify: Notify,
     /// The checkpoint: the id of the last event of the settled prefix.
-    pub(crate) checkpoint: watch::Sender<Id>,
+    pub(crate) checkpoint: Arc<Checkpoint>,
     /// The server stopped the stream (204): it waits for settlements before it ends.
     pub(crate) stopped: AtomicBool,
     /// Told when this is dropped (the stream and all its events are gone), so the checkpoint
@@ -97,7 +115,10 @@ impl Shared {
             gone: Arc::new(Notify::new()),
             state: Mutex::default(),
             notify: Notify::new(),
-            checkpoint: watch::Sender::new(checkpoint),
+            checkpoint: Arc::new(Checkpoint {
+                id: Mutex::new(checkpoint),
+                changed: Notify::new(),
+            }),
             alive: AtomicBool::new(true),
             max_redeliveries,
             metrics,
@@ -165,7 +186,7 @@ impl Shared {
             self.metrics.checkpoint.set(n);
         }
         tracing::trace!(url = %self.url, checkpoint = ?id, "checkpoint moved");
-        self.checkpoint.send_replace(id);
+        self.checkpoint.set(id);
     }
 
     /// Whether the window still has unsettled events.

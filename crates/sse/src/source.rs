@@ -15,7 +15,7 @@ use crate::checkpoint::{CheckpointStore, MemoryCheckpoints};
 use crate::config::SseConfig;
 use crate::error::SseError;
 use crate::event::SseEvent;
-use crate::shared::{Health, Id, Shared, StreamMetrics};
+use crate::shared::{Checkpoint, Health, Shared, StreamMetrics};
 use crate::stream::PathStream;
 
 /// The default interval between checkpoint saves: 100 ms.
@@ -161,18 +161,19 @@ impl Source for SseSource {
             cx.spawn(write_checkpoints(
                 Arc::clone(&self.store),
                 key,
-                shared.checkpoint.subscribe(),
+                Arc::clone(&shared.checkpoint),
                 Arc::clone(&shared.gone),
                 self.checkpoint_interval,
             ));
-            let stream = PathStream::new(
+            // Boxed: `unfold` moves its state in and out at every item.
+            let stream = Box::new(PathStream::new(
                 shared,
                 self.config.clone(),
                 url,
                 path,
                 cx.shutdown().clone(),
                 Arc::clone(&health),
-            );
+            ));
             let events = futures::stream::unfold(stream, |mut stream| async move {
                 let item = stream.next().await?;
                 Some((item, stream))
@@ -190,27 +191,29 @@ impl Source for SseSource {
 }
 
 /// Save each new checkpoint, off the handler's path, at most once per `interval` (the
-/// latest one: checkpoints only move forward in arrival order, so skipping one in between
-/// loses nothing), until the stream and all its events are gone; then the last one.
+/// latest one: skipping one in between loses nothing), until the stream and all its events
+/// are gone (`gone`); then the last one.
 async fn write_checkpoints(
     store: Arc<dyn CheckpointStore>,
     key: String,
-    mut rx: tokio::sync::watch::Receiver<Id>,
+    checkpoint: Arc<Checkpoint>,
     gone: Arc<tokio::sync::Notify>,
     interval: Duration,
 ) {
-    let mut saved = rx.borrow_and_update().clone();
+    let mut saved = checkpoint.get();
     loop {
-        let mut closed = rx.changed().await.is_err();
-        // Let more settlements land before saving (without a wake-up for each), unless the
-        // stream is gone.
+        let mut closed = tokio::select! {
+            _ = checkpoint.changed.notified() => false,
+            _ = gone.notified() => true,
+        };
+        // Let more settlements land before saving, unless the stream is gone.
         if !closed && !interval.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = gone.notified() => closed = true,
             }
         }
-        let id = rx.borrow_and_update().clone();
+        let id = checkpoint.get();
         if id != saved {
             let (store, k) = (Arc::clone(&store), key.clone());
             let value = id.clone();

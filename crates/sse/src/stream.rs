@@ -206,7 +206,7 @@ impl PathStream {
     }
 
     async fn connect(&mut self) -> Result<(), SseError> {
-        let checkpoint = self.shared.checkpoint.borrow().clone();
+        let checkpoint = self.shared.checkpoint.get();
         let url = self.url.to_string();
         let request = self.config.request(&self.url, checkpoint.as_deref());
         tracing::debug!(url = %url, last_event_id = ?checkpoint, "connecting");
