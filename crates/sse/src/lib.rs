@@ -47,7 +47,8 @@
 //! | no bytes for the idle timeout | an error item; reconnect after the backoff |
 //! | the body ends | reconnect after the backoff (at least the server's `retry:`) |
 //!
-//! Errors name the URL (never with credentials) and the status. The backoff is core's
+//! Errors name the URL (never with credentials) and the status. No wait is longer than a
+//! day, whatever the server asks. The backoff is core's
 //! [`Backoff`](asyncworker_core::Backoff) (default [`config::default_backoff`]); it starts
 //! over once a connection has stayed up for [`healthy_after`](SseConfigBuilder::healthy_after).
 //! The route's readiness is true only while every running stream is connected.

@@ -314,6 +314,9 @@ impl PathStream {
     }
 }
 
+/// The longest wait before a reconnect, whatever the server asks: one day.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// When to reconnect: core's backoff over consecutive failures, started over after a
 /// healthy connection, and never sooner than the server asked (`retry:`, `Retry-After`) or,
 /// after a client error, than the long client-error delay.
@@ -361,7 +364,9 @@ impl Schedule {
         if error.is_some_and(SseError::is_client_error) {
             delay = delay.max(self.client_error_delay);
         }
-        delay
+        // A server may ask for anything (`retry: 18446744073709551615`): keep the deadline
+        // representable.
+        delay.min(MAX_RECONNECT_DELAY)
     }
 }
 
@@ -425,5 +430,7 @@ mod tests {
         s.server_retry = Some(Duration::from_secs(3));
         s.disconnected_after(Duration::from_secs(60));
         assert_eq!(s.next_delay(None), Duration::from_secs(3));
+        s.server_retry = Some(Duration::from_millis(u64::MAX));
+        assert_eq!(s.next_delay(None), MAX_RECONNECT_DELAY);
     }
 }
