@@ -16,8 +16,12 @@ use std::sync::{Arc, Mutex};
 
 use asyncworker_core::BoxError;
 
-/// Keeps each stream's checkpoint. Implementations must be cheap to call from a blocking
-/// thread (the source calls them through `spawn_blocking`).
+/// Keeps each stream's checkpoint.
+///
+/// [`load`](CheckpointStore::load) is called once per stream when the source starts, on the
+/// thread that starts it, so it should be quick (a small file read is); every
+/// [`save`](CheckpointStore::save) runs on a blocking thread (`spawn_blocking`), off the
+/// runtime.
 pub trait CheckpointStore: Send + Sync + 'static {
     /// The checkpoint saved under `key`, if any.
     ///
