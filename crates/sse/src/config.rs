@@ -105,6 +105,8 @@ impl SseConfig {
             backoff: default_backoff(),
             client_error_delay: DEFAULT_CLIENT_ERROR_DELAY,
             healthy_after: DEFAULT_HEALTHY_AFTER,
+            #[cfg(feature = "rustls")]
+            root_certificates: Vec::new(),
         }
     }
 
@@ -189,9 +191,20 @@ pub struct SseConfigBuilder {
     backoff: Backoff,
     client_error_delay: Duration,
     healthy_after: Duration,
+    #[cfg(feature = "rustls")]
+    root_certificates: Vec<Vec<u8>>,
 }
 
 impl SseConfigBuilder {
+    /// Trust the CA certificates in `pem` (one or more PEM blocks) as well as the platform's,
+    /// for a server whose certificate a private CA signed.
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates.push(pem.into());
+        self
+    }
+
     /// Send basic auth with every request. The password never appears in logs, `Debug` or
     /// `Display`.
     pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
@@ -252,8 +265,9 @@ impl SseConfigBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for a base URL that does not parse, is not `http`/`https` (`https`
-    /// only with the `rustls` feature) or has a fragment; an invalid header name or value; a zero timeout or maximum event size; or
-    /// an HTTP client that cannot be built.
+    /// only with the `rustls` feature) or has a fragment; an invalid header name or value; a
+    /// zero timeout or maximum event size; root certificates that are not PEM; or an HTTP
+    /// client that cannot be built.
     pub fn build(self) -> Result<SseConfig, Error> {
         let mut base = Url::parse(&self.base)
             .map_err(|e| Error::config(format!("sse base URL {:?}: {e}", redact(&self.base))))?;
@@ -305,8 +319,20 @@ impl SseConfigBuilder {
             // installed one already (then this does nothing).
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
+        #[allow(unused_mut)]
+        let mut client = reqwest::Client::builder().connect_timeout(self.connect_timeout);
+        #[cfg(feature = "rustls")]
+        for pem in &self.root_certificates {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::config(format!("invalid sse root certificate PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::config(
+                    "sse root certificate PEM holds no certificate",
+                ));
+            }
+            client = client.tls_certs_merge(certs);
+        }
+        let client = client
             .build()
             .map_err(|e| Error::config(format!("cannot build the sse HTTP client: {e}")))?;
         Ok(SseConfig {

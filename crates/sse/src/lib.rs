@@ -96,7 +96,8 @@
 //! URL needs the crate's **`rustls`** feature (without it, it fails at build time
 //! with a clear error): reqwest's `rustls-no-provider` plus rustls with the *ring* provider,
 //! which the AMQP backend already builds (reqwest's default provider, aws-lc-rs, needs a C
-//! toolchain and cmake); certificates are checked with the platform verifier. The feature
+//! toolchain and cmake); certificates are checked with the platform verifier, plus any CA given
+//! to `SseConfigBuilder::root_certificates_pem`. The feature
 //! installs ring as the process's default rustls provider unless one is installed already.
 //!
 //! [`Source`]: asyncworker_core::Source
