@@ -58,7 +58,7 @@
 //! |---|---|
 //! | *(always)* | [`prelude`] (what a worker imports); the core: messages and settlement, [`bulk`], [`ack`], [`retry`], [`runtime`], [`App`], [`ticks`], the in-memory source ([`memory`]), [`Settings`] |
 //! | `amqp` | [`amqp`]: RabbitMQ through `lapin` — consume, settle, reconnect, publish with confirms |
-//! | `sse` | `sse`: Server-Sent Events sources (not yet implemented) |
+//! | `sse` | [`sse`]: Server-Sent Events through `reqwest` — spec framing, `Last-Event-ID` checkpoints, reconnect with backoff |
 //! | `timeit` | [`timeit`]: `Timeit` scopes and `TimeitLayer`, exported through `metrics` |
 //! | `full` | all of the above |
 //!
@@ -98,6 +98,6 @@ pub use asyncworker_timeit as timeit;
 pub mod observe;
 
 /// The README's code blocks, compiled (and run, where they are not `no_run`) as doctests.
-#[cfg(all(doctest, feature = "amqp", feature = "timeit"))]
+#[cfg(all(doctest, feature = "amqp", feature = "sse", feature = "timeit"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -10,6 +10,10 @@ pub use asyncworker_core::{Action, App, BoxError, Message, Shutdown};
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use asyncworker_amqp::{AmqpConfig, AmqpMessage, AmqpSource};
 
+#[cfg(feature = "sse")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sse")))]
+pub use asyncworker_sse::{SseConfig, SseEvent, SseSource};
+
 #[cfg(feature = "timeit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "timeit")))]
 pub use asyncworker_timeit::Timeit;

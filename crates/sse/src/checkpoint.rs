@@ -1,0 +1,185 @@
+//! Where checkpoints are kept between connections and between processes.
+//!
+//! A checkpoint is the id of the last event before which every event of a stream was settled
+//! (see [the crate docs](crate#settlement-and-checkpoints)). The source sends it as
+//! `Last-Event-ID` when it reconnects, and saves it to a [`CheckpointStore`] after each
+//! settlement that moves it, from a background task (never from the handler's path), so a
+//! restarted worker resumes where the last one stopped.
+//!
+//! Keys are `"<route> <path>"`: two routes reading the same path keep their own checkpoint.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use asyncworker_core::BoxError;
+
+/// Keeps each stream's checkpoint.
+///
+/// [`load`](CheckpointStore::load) is called once per stream when the source starts, on the
+/// thread that starts it, so it should be quick (a small file read is); every
+/// [`save`](CheckpointStore::save) runs on a blocking thread (`spawn_blocking`), off the
+/// runtime.
+pub trait CheckpointStore: Send + Sync + 'static {
+    /// The checkpoint saved under `key`, if any.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be read; the stream then starts without a checkpoint.
+    fn load(&self, key: &str) -> Result<Option<String>, BoxError>;
+
+    /// Save `id` as the checkpoint of `key` (an empty `id` means "no id": nothing is sent).
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be written; the error is logged and the next save tries again.
+    fn save(&self, key: &str, id: &str) -> Result<(), BoxError>;
+}
+
+/// Checkpoints in memory: they survive reconnects, not restarts. The default. Clones share
+/// the map, so a test can read what a source saved.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryCheckpoints {
+    map: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl MemoryCheckpoints {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The checkpoint under `key`.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+}
+
+impl CheckpointStore for MemoryCheckpoints {
+    fn load(&self, key: &str) -> Result<Option<String>, BoxError> {
+        Ok(self.get(key))
+    }
+
+    fn save(&self, key: &str, id: &str) -> Result<(), BoxError> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned(), id.to_owned());
+        Ok(())
+    }
+}
+
+/// Checkpoints in files, one per key, in a directory: a restarted worker resumes.
+///
+/// Each save writes a temporary file in the same directory, syncs it and renames it over the
+/// old one, so a crash leaves either the old checkpoint or the new one, never half of one.
+/// File names are the key with every byte outside `[A-Za-z0-9-]` written as `_XX` (hex).
+#[derive(Clone)]
+pub struct FileCheckpoints {
+    dir: PathBuf,
+}
+
+impl fmt::Debug for FileCheckpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileCheckpoints")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl FileCheckpoints {
+    /// A store in `dir`, created on the first save if missing.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FileCheckpoints { dir: dir.into() }
+    }
+
+    /// The file holding the checkpoint of `key`.
+    pub fn path(&self, key: &str) -> PathBuf {
+        let mut name = String::with_capacity(key.len() + 3);
+        for b in key.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                name.push(char::from(b));
+            } else {
+                name.push_str(&format!("_{b:02X}"));
+            }
+        }
+        name.push_str(".id");
+        self.dir.join(name)
+    }
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+impl CheckpointStore for FileCheckpoints {
+    fn load(&self, key: &str) -> Result<Option<String>, BoxError> {
+        match std::fs::read(self.path(key)) {
+            Ok(bytes) => Ok(Some(String::from_utf8(bytes)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save(&self, key: &str, id: &str) -> Result<(), BoxError> {
+        Ok(write_atomically(&self.path(key), id.as_bytes())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_store_round_trip_and_names() {
+        let dir = std::env::temp_dir().join(format!("asyncworker-sse-ckpt-{}", std::process::id()));
+        let store = FileCheckpoints::new(&dir);
+        assert_eq!(store.load("route /v2/events").unwrap(), None);
+        store.save("route /v2/events", "41").unwrap();
+        store.save("route /v2/events", "42").unwrap();
+        assert_eq!(
+            store.load("route /v2/events").unwrap().as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            store.path("r /a").file_name().unwrap().to_str().unwrap(),
+            "r_20_2Fa.id"
+        );
+        // Distinct keys never share a file.
+        assert_ne!(store.path("a_2F"), store.path("a/"));
+        let leftovers = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn memory_store() {
+        let store = MemoryCheckpoints::new();
+        store.save("k", "1").unwrap();
+        assert_eq!(store.clone().load("k").unwrap().as_deref(), Some("1"));
+    }
+}
