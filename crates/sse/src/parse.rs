@@ -45,9 +45,9 @@
 //! # Limits
 //!
 //! The maximum event size bounds what the parser holds at once: the data buffer of the
-//! current event holds at most that many bytes, and any one line that has not ended yet (a
-//! comment too) at most that plus 1 KiB (room for the field name). A larger event or line is
-//! [`ParseError::EventTooLarge`]. Bytes that are not UTF-8 in any line are
+//! current event holds at most that many bytes, and any one line (a comment, an `event:` or
+//! `id:` line too) at most that plus 1 KiB (room for the field name), whether it came in one
+//! chunk or many. A larger event or line is [`ParseError::EventTooLarge`]. Bytes that are not UTF-8 in any line are
 //! [`ParseError::Utf8`] (the spec would replace them; a worker decoding JSON is better told).
 //! After an error the parser has dropped its buffers; the caller drops the connection, and
 //! [`Parser::reset`] prepares it for the next one.
@@ -389,6 +389,11 @@ impl Parser {
 
     /// Interpret one complete line (without its terminator).
     fn line(&mut self, mut line: &[u8], out: &mut Vec<Frame>) -> Result<(), ParseError> {
+        // The same bound as on a line held across chunks, so the outcome does not depend on
+        // how the stream was cut (and an `event:` or `id:` line cannot grow without bound).
+        if line.len() > self.max_line() {
+            return Err(ParseError::EventTooLarge { limit: self.max });
+        }
         self.lines += 1;
         if self.at_start {
             self.at_start = false;
@@ -477,5 +482,7 @@ fn find_eol(haystack: &[u8]) -> Option<usize> {
     Eol::new().find(haystack)
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;
