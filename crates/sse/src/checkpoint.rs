@@ -27,7 +27,10 @@ pub trait CheckpointStore: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// When the store cannot be read; the stream then starts without a checkpoint.
+    /// When the store cannot be read. The stream then reports
+    /// [`SseError::Checkpoint`](crate::SseError::Checkpoint) and does not connect: it calls
+    /// `load` again after each [client-error delay](crate::SseConfigBuilder::client_error_delay)
+    /// until it succeeds (starting from nothing would lose the position and overwrite it).
     fn load(&self, key: &str) -> Result<Option<String>, BoxError>;
 
     /// Save `id` as the checkpoint of `key` (an empty `id` means "no id": nothing is sent).

@@ -69,7 +69,8 @@ pub enum SseError {
         #[source]
         source: ParseError,
     },
-    /// The checkpoint store could not be read; the stream starts without a checkpoint.
+    /// The checkpoint store could not be read; the stream does not connect without its
+    /// checkpoint, and loads it again after the client-error delay.
     #[error("could not load the checkpoint {key:?}")]
     Checkpoint {
         /// The checkpoint's key.

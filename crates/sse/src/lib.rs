@@ -86,7 +86,8 @@
 //! Labelled `route` and `path`: `asyncworker_sse_events_received_total`,
 //! `asyncworker_sse_bytes_received_total`, `asyncworker_sse_reconnects_total` (plus `cause`:
 //! `eof`, `idle`, `connect`, `read`, `parse`, `status_5xx`, `status_429`, `status_4xx`,
-//! `content_type`), `asyncworker_sse_checkpoint` (the checkpoint when the id is a number),
+//! `content_type`, `checkpoint`: the stored checkpoint could not be loaded),
+//! `asyncworker_sse_checkpoint` (the checkpoint when the id is a number),
 //! `asyncworker_sse_unsettled_events` and `asyncworker_sse_connected` (0 or 1).
 //!
 //! # HTTP client

@@ -189,6 +189,11 @@ impl Shared {
         self.checkpoint.set(id);
     }
 
+    /// The checkpoint loaded late from the store (it could not be read at start).
+    pub(crate) fn load_checkpoint(&self, id: Id) {
+        self.advance(id);
+    }
+
     /// Whether the window still has unsettled events.
     pub(crate) fn has_unsettled(&self) -> bool {
         self.lock().window.unsettled() > 0

@@ -140,13 +140,7 @@ impl Source for SseSource {
             let key = SseSource::checkpoint_key(cx.route(), &path);
             let (checkpoint, load_error) = match self.store.load(&key) {
                 Ok(id) => (id.filter(|id| !id.is_empty()).map(Arc::from), None),
-                Err(source) => (
-                    None,
-                    Some(SseError::Checkpoint {
-                        key: key.clone(),
-                        source,
-                    }),
-                ),
+                Err(source) => (None, Some(source)),
             };
             if let Some(id) = &checkpoint {
                 tracing::info!(route = cx.route(), url = %url, checkpoint = %id, "resuming from the stored checkpoint");
@@ -160,13 +154,13 @@ impl Source for SseSource {
             ));
             cx.spawn(write_checkpoints(
                 Arc::clone(&self.store),
-                key,
+                key.clone(),
                 Arc::clone(&shared.checkpoint),
                 Arc::clone(&shared.gone),
                 self.checkpoint_interval,
             ));
             // Boxed: `unfold` moves its state in and out at every item.
-            let stream = Box::new(PathStream::new(
+            let mut stream = Box::new(PathStream::new(
                 shared,
                 self.config.clone(),
                 url,
@@ -174,16 +168,16 @@ impl Source for SseSource {
                 cx.shutdown().clone(),
                 Arc::clone(&health),
             ));
+            if let Some(source) = load_error {
+                // Never start from nothing: that would lose the position (and overwrite the
+                // stored one). The stream reports the error and loads again until it can.
+                stream.load_checkpoint_first(Arc::clone(&self.store), key, source);
+            }
             let events = futures::stream::unfold(stream, |mut stream| async move {
                 let item = stream.next().await?;
                 Some((item, stream))
             });
-            let events: BoxStream<'static, _> = match load_error {
-                Some(error) => futures::stream::once(async { Err(error) })
-                    .chain(events)
-                    .boxed(),
-                None => events.boxed(),
-            };
+            let events: BoxStream<'static, _> = events.boxed();
             streams.push(events);
         }
         SseStream { streams }

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use asyncworker_core::{Backoff, Shutdown};
+use asyncworker_core::{Backoff, BoxError, Shutdown};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::checkpoint::CheckpointStore;
 use crate::config::SseConfig;
 use crate::error::SseError;
 use crate::event::{EventData, SseEvent};
@@ -45,6 +46,8 @@ pub(crate) struct PathStream {
     left_health: bool,
     /// A parse error, reported after the events completed before it.
     pending_error: Option<SseError>,
+    /// The stored checkpoint could not be read: load it before connecting.
+    pending_load: Option<(Arc<dyn CheckpointStore>, String)>,
 }
 
 impl PathStream {
@@ -75,6 +78,46 @@ impl PathStream {
             finished: false,
             left_health: false,
             pending_error: None,
+            pending_load: None,
+        }
+    }
+
+    /// The stored checkpoint of `key` could not be loaded (`source`): report that, and load
+    /// it again (after the long client-error delay) until it can be read; connect only then.
+    pub(crate) fn load_checkpoint_first(
+        &mut self,
+        store: Arc<dyn CheckpointStore>,
+        key: String,
+        source: BoxError,
+    ) {
+        let error = SseError::Checkpoint {
+            key: key.clone(),
+            source,
+        };
+        self.schedule_reconnect(Some(&error));
+        self.pending_error = Some(error);
+        self.pending_load = Some((store, key));
+    }
+
+    /// Load the stored checkpoint again, off the runtime.
+    async fn load_checkpoint(&mut self) -> Result<(), SseError> {
+        let Some((store, key)) = self.pending_load.clone() else {
+            return Ok(());
+        };
+        let k = key.clone();
+        let loaded = match tokio::task::spawn_blocking(move || store.load(&k)).await {
+            Ok(loaded) => loaded,
+            Err(join) => Err(join.into()),
+        };
+        match loaded {
+            Ok(id) => {
+                self.pending_load = None;
+                let id = id.filter(|id| !id.is_empty()).map(Arc::from);
+                tracing::info!(url = %self.url, checkpoint = ?id, "checkpoint loaded");
+                self.shared.load_checkpoint(id);
+                Ok(())
+            }
+            Err(source) => Err(SseError::Checkpoint { key, source }),
         }
     }
 
@@ -123,7 +166,10 @@ impl PathStream {
                 }
                 let shutdown = self.shutdown.triggered();
                 let result = tokio::select! {
-                    result = self.connect() => result,
+                    result = async {
+                        self.load_checkpoint().await?;
+                        self.connect().await
+                    } => result,
                     _ = shutdown => continue,
                 };
                 if let Err(error) = result {
@@ -282,6 +328,9 @@ impl PathStream {
     fn schedule_reconnect(&mut self, error: Option<&SseError>) {
         let delay = self.schedule.next_delay(error);
         match error {
+            Some(error @ SseError::Checkpoint { .. }) => {
+                tracing::error!(url = %self.url, %error, retry_in = ?delay, "the stored checkpoint cannot be read; not connecting without it");
+            }
             Some(error) if error.is_client_error() => {
                 tracing::error!(url = %self.url, %error, retry_in = ?delay, "the server refused the event stream");
             }
@@ -361,7 +410,7 @@ impl Schedule {
         {
             delay = delay.max(*after);
         }
-        if error.is_some_and(SseError::is_client_error) {
+        if error.is_some_and(|e| e.is_client_error() || matches!(e, SseError::Checkpoint { .. })) {
             delay = delay.max(self.client_error_delay);
         }
         // A server may ask for anything (`retry: 18446744073709551615`): keep the deadline

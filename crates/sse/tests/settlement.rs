@@ -387,3 +387,43 @@ async fn hold_then_fail(
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unreadable_checkpoint_file_is_an_error_not_a_fresh_start() {
+    let dir = std::env::temp_dir().join(format!(
+        "asyncworker-sse-corrupt-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = FileCheckpoints::new(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(store.path("r /k"), b"\xff\xfe not utf-8").unwrap();
+    let server = Server::start().await;
+    server.script("/k", [stream(vec![text("id: 6\ndata: f\n\n"), Part::Hang])]);
+    let config = server.config().build().unwrap();
+    let source = SseSource::new(&config, ["/k"])
+        .unwrap()
+        .checkpoint_store(store.clone());
+    let mut d = Direct::start(source);
+    let error = d.error().await;
+    assert!(
+        matches!(&error, asyncworker_sse::SseError::Checkpoint { key, .. } if key == "r /k"),
+        "{error:?}"
+    );
+    assert!(std::error::Error::source(&error).is_some());
+    // It does not start from nothing (which would overwrite the file): it keeps reporting
+    // the error, connecting to nothing, until the file can be read.
+    let again = d.error().await;
+    assert!(
+        matches!(again, asyncworker_sse::SseError::Checkpoint { .. }),
+        "{again:?}"
+    );
+    assert!(server.received().is_empty());
+    assert!(!d.cx.readiness().get());
+    std::fs::write(store.path("r /k"), b"5").unwrap();
+    let event = d.acked().await;
+    assert_eq!(event.id(), Some("6"));
+    assert_eq!(server.received()[0].last_event_id(), Some("5"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
