@@ -14,7 +14,8 @@
 //!   (proof of liveness);
 //! - a blank line dispatches the event; a block without `data` dispatches nothing (a block
 //!   that only sets `id` is reported as [`Frame::Id`]);
-//! - an `id` containing NUL is ignored; the last event id carries over to later events
+//! - an `id` containing NUL is ignored, and so is one with any other control character
+//!   but tab (it could not be sent back in a `Last-Event-ID` header); the last event id carries over to later events
 //!   until the server sets another, as the spec says;
 //! - `retry` with only ASCII digits is reported as [`Frame::Retry`] (and stored on the event
 //!   of its block);
@@ -449,7 +450,7 @@ impl Parser {
                 self.data.extend_from_slice(value.as_bytes());
                 self.has_data = true;
             }
-            "id" if !value.contains('\0') => {
+            "id" if fits_a_header(value) => {
                 if self.last_id.as_deref() != Some(value) {
                     self.last_id = (!value.is_empty()).then(|| Arc::from(value));
                 }
@@ -491,6 +492,13 @@ impl Parser {
         }));
         self.clear_event();
     }
+}
+
+/// Whether `id` can be sent back as `Last-Event-ID`: no control character but tab (the spec
+/// ignores an id with NUL; one with any other control character would make every reconnect
+/// fail before it is sent, so it is ignored the same way).
+fn fits_a_header(id: &str) -> bool {
+    id.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// The first CR or LF in `haystack` (for tests: the parser keeps its own [`Eol`]).

@@ -196,3 +196,22 @@ async fn a_dropped_unsettled_event_is_handed_out_again() {
     let again = d.event().await;
     assert_eq!((again.data(), again.delivery()), ("a", 2));
 }
+
+#[tokio::test]
+async fn an_id_that_cannot_go_back_in_a_header_is_ignored() {
+    // A control character is valid UTF-8 but no valid header value: keeping it as the last
+    // event id would make every reconnect fail before it is sent.
+    let server = Server::start().await;
+    server.script(
+        "/x",
+        [
+            stream(vec![text("id: 1\ndata: a\n\nid: x\u{1}y\ndata: b\n\n")]),
+            stream(vec![text("id: 2\ndata: c\n\n")]),
+        ],
+    );
+    let mut d = direct(&server, &["/x"]).await;
+    assert_eq!(triple(&d.acked().await), t("message", Some("1"), "a"));
+    assert_eq!(triple(&d.acked().await), t("message", Some("1"), "b"));
+    assert_eq!(triple(&d.acked().await), t("message", Some("2"), "c"));
+    assert_eq!(server.received()[1].last_event_id(), Some("1"));
+}
