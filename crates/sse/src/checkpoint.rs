@@ -83,6 +83,7 @@ impl CheckpointStore for MemoryCheckpoints {
 /// Each save writes a temporary file in the same directory, syncs it and renames it over the
 /// old one, so a crash leaves either the old checkpoint or the new one, never half of one.
 /// File names are the key with every byte outside `[A-Za-z0-9-]` written as `_XX` (hex).
+/// A file holds the id alone; a trailing newline (a file edited by hand) is ignored.
 #[derive(Clone)]
 pub struct FileCheckpoints {
     dir: PathBuf,
@@ -115,6 +116,25 @@ impl FileCheckpoints {
         name.push_str(".id");
         self.dir.join(name)
     }
+}
+
+/// Load `key`'s checkpoint as the stream uses it: empty is no id; a trailing newline (a file
+/// written by hand) is dropped; an id that cannot be sent as `Last-Event-ID` is an error.
+pub(crate) fn load_id(
+    store: &dyn CheckpointStore,
+    key: &str,
+) -> Result<Option<Arc<str>>, BoxError> {
+    let Some(id) = store.load(key)? else {
+        return Ok(None);
+    };
+    let id = id.trim_end_matches(['\r', '\n']);
+    if !crate::parse::fits_a_header(id) {
+        return Err(format!(
+            "the stored checkpoint {id:?} has a control character: it cannot be sent as Last-Event-ID"
+        )
+        .into());
+    }
+    Ok((!id.is_empty()).then(|| Arc::from(id)))
 }
 
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -177,6 +197,24 @@ mod tests {
             .count();
         assert_eq!(leftovers, 0);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_loaded_id_is_checked_and_a_trailing_newline_dropped() {
+        let dir =
+            std::env::temp_dir().join(format!("asyncworker-sse-ckpt-nl-{}", std::process::id()));
+        let store = FileCheckpoints::new(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A file written by hand (`echo 7 > file`).
+        std::fs::write(store.path("k"), "7\n").unwrap();
+        assert_eq!(load_id(&store, "k").unwrap().as_deref(), Some("7"));
+        std::fs::write(store.path("k"), "").unwrap();
+        assert_eq!(load_id(&store, "k").unwrap(), None);
+        std::fs::remove_dir_all(dir).unwrap();
+        let memory = MemoryCheckpoints::new();
+        memory.save("k", "a\u{1}b").unwrap();
+        let err = load_id(&memory, "k").unwrap_err();
+        assert!(err.to_string().contains("Last-Event-ID"), "{err}");
     }
 
     #[test]

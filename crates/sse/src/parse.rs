@@ -497,7 +497,7 @@ impl Parser {
 /// Whether `id` can be sent back as `Last-Event-ID`: no control character but tab (the spec
 /// ignores an id with NUL; one with any other control character would make every reconnect
 /// fail before it is sent, so it is ignored the same way).
-fn fits_a_header(id: &str) -> bool {
+pub(crate) fn fits_a_header(id: &str) -> bool {
     id.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 

@@ -11,7 +11,7 @@ use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use url::Url;
 
-use crate::checkpoint::{CheckpointStore, MemoryCheckpoints};
+use crate::checkpoint::{CheckpointStore, MemoryCheckpoints, load_id};
 use crate::config::SseConfig;
 use crate::error::SseError;
 use crate::event::SseEvent;
@@ -138,8 +138,8 @@ impl Source for SseSource {
         let mut streams = SelectAll::new();
         for (path, url) in self.paths {
             let key = SseSource::checkpoint_key(cx.route(), &path);
-            let (checkpoint, load_error) = match self.store.load(&key) {
-                Ok(id) => (id.filter(|id| !id.is_empty()).map(Arc::from), None),
+            let (checkpoint, load_error) = match load_id(&*self.store, &key) {
+                Ok(id) => (id, None),
                 Err(source) => (None, Some(source)),
             };
             if let Some(id) = &checkpoint {

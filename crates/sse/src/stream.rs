@@ -12,7 +12,7 @@ use futures::stream::BoxStream;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, load_id};
 use crate::config::SseConfig;
 use crate::error::SseError;
 use crate::event::{EventData, SseEvent};
@@ -105,14 +105,13 @@ impl PathStream {
             return Ok(());
         };
         let k = key.clone();
-        let loaded = match tokio::task::spawn_blocking(move || store.load(&k)).await {
+        let loaded = match tokio::task::spawn_blocking(move || load_id(&*store, &k)).await {
             Ok(loaded) => loaded,
             Err(join) => Err(join.into()),
         };
         match loaded {
             Ok(id) => {
                 self.pending_load = None;
-                let id = id.filter(|id| !id.is_empty()).map(Arc::from);
                 tracing::info!(url = %self.url, checkpoint = ?id, "checkpoint loaded");
                 self.shared.load_checkpoint(id);
                 Ok(())
