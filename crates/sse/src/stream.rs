@@ -22,6 +22,8 @@ use crate::shared::{Health, Shared};
 struct Connection {
     body: BoxStream<'static, reqwest::Result<Bytes>>,
     since: Instant,
+    /// The idle timeout after the last bytes (a wake-up in between does not move it).
+    idle_at: Instant,
 }
 
 /// The state of one endpoint's stream, driven by [`PathStream::next`].
@@ -179,12 +181,13 @@ impl PathStream {
             };
             let idle = self.config.idle_timeout();
             let read = tokio::select! {
-                read = tokio::time::timeout(idle, conn.body.next()) => read,
+                read = tokio::time::timeout_at(conn.idle_at, conn.body.next()) => read,
                 _ = self.shared.notify.notified() => continue,
                 _ = self.shutdown.triggered() => continue,
             };
             match read {
                 Ok(Some(Ok(bytes))) => {
+                    conn.idle_at = Instant::now() + idle;
                     self.shared.metrics.bytes.increment(bytes.len() as u64);
                     let parsed = self.parser.feed(&bytes, &mut self.scratch);
                     self.frames.extend(self.scratch.drain(..));
@@ -305,9 +308,11 @@ impl PathStream {
         }
         tracing::info!(url = %url, last_event_id = ?checkpoint, "event stream connected");
         self.parser.reset(checkpoint);
+        let now = Instant::now();
         self.conn = Some(Connection {
             body: response.bytes_stream().boxed(),
-            since: Instant::now(),
+            since: now,
+            idle_at: now + self.config.idle_timeout(),
         });
         self.shared.metrics.connected.set(1.0);
         self.health.up();

@@ -302,3 +302,61 @@ async fn the_servers_retry_sets_the_reconnect_delay() {
     // The backoff alone is 5 ms: only the server's retry explains the wait (a lower bound).
     assert!(requests[1].at - requests[0].at >= Duration::from_millis(400));
 }
+
+#[tokio::test]
+async fn comments_keep_an_idle_stream_alive() {
+    // Comments every 50 ms for longer than the 500 ms idle timeout: the stream stays up
+    // (the next item is the event after them, not an idle error); then silence idles it.
+    let server = Server::start().await;
+    let mut parts = vec![text("id: 1\ndata: a\n\n")];
+    for _ in 0..15 {
+        parts.push(Part::Sleep(Duration::from_millis(50)));
+        parts.push(text(": ping\n"));
+    }
+    parts.push(text("data: after the pings\n\n"));
+    parts.push(Part::Hang);
+    server.script("/p", [stream(parts)]);
+    let config = server
+        .config()
+        .idle_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let mut d = Direct::start(SseSource::new(&config, ["/p"]).unwrap());
+    assert_eq!(d.acked().await.data(), "a");
+    assert_eq!(d.acked().await.data(), "after the pings");
+    let error = d.error().await;
+    assert!(matches!(error, SseError::Idle { .. }), "{error:?}");
+    assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn requeues_do_not_postpone_the_idle_timeout() {
+    // A handler requeueing an event over and over wakes the stream while it waits for bytes;
+    // the idle timeout counts from the last byte all the same.
+    let server = Server::start().await;
+    server.script("/q", [stream(vec![text("id: 1\ndata: a\n\n"), Part::Hang])]);
+    let config = server
+        .config()
+        .idle_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let source = SseSource::new(&config, ["/q"])
+        .unwrap()
+        .max_redeliveries(1000);
+    let mut d = Direct::start(source);
+    // 40 requeues 100 ms apart: 4 s, eight idle timeouts.
+    for _ in 0..40 {
+        match d.next().await.unwrap() {
+            // Requeued while the stream waits for bytes.
+            Ok(event) => drop(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                event.settlement().settle(Action::Requeue).unwrap();
+            })),
+            Err(error) => {
+                assert!(matches!(error, SseError::Idle { .. }), "{error:?}");
+                return;
+            }
+        }
+    }
+    panic!("no idle timeout while the event was requeued");
+}
