@@ -348,15 +348,10 @@ impl Parser {
         if let Some(rest) = value.strip_prefix(b" ") {
             value = rest;
         }
-        if self.data.len() + usize::from(self.has_data) + value.len() > self.max {
+        let Some(start) = append_data_line(&mut self.data, &mut self.has_data, self.max, value)
+        else {
             return Err(self.too_large());
-        }
-        if self.has_data {
-            self.data.extend_from_slice(b"\n");
-        }
-        let start = self.data.len();
-        self.data.extend_from_slice(value);
-        self.has_data = true;
+        };
         self.data_line = Some(DataLine { start, strip_space });
         self.clear_partial();
         Ok(())
@@ -441,14 +436,15 @@ impl Parser {
                 self.name.push_str(value);
             }
             "data" => {
-                if self.data.len() + usize::from(self.has_data) + value.len() > self.max {
+                let appended = append_data_line(
+                    &mut self.data,
+                    &mut self.has_data,
+                    self.max,
+                    value.as_bytes(),
+                );
+                if appended.is_none() {
                     return Err(ParseError::EventTooLarge { limit: self.max });
                 }
-                if self.has_data {
-                    self.data.extend_from_slice(b"\n");
-                }
-                self.data.extend_from_slice(value.as_bytes());
-                self.has_data = true;
             }
             "id" if fits_a_header(value) => {
                 if self.last_id.as_deref() != Some(value) {
@@ -492,6 +488,26 @@ impl Parser {
         }));
         self.clear_event();
     }
+}
+
+/// Append a `data` line's value to the event's data (after a `\n` when it has data already);
+/// returns where the value starts, or `None` when the data would pass `max` bytes.
+fn append_data_line(
+    data: &mut BytesMut,
+    has_data: &mut bool,
+    max: usize,
+    value: &[u8],
+) -> Option<usize> {
+    if data.len() + usize::from(*has_data) + value.len() > max {
+        return None;
+    }
+    if *has_data {
+        data.extend_from_slice(b"\n");
+    }
+    *has_data = true;
+    let start = data.len();
+    data.extend_from_slice(value);
+    Some(start)
 }
 
 /// Whether `id` can be sent back as `Last-Event-ID`: no control character but tab (the spec
