@@ -54,6 +54,16 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The base URL as given, unchecked: it may hold a password, so `Debug` redacts it.
+#[derive(Clone)]
+struct RawUrl(String);
+
+impl fmt::Debug for RawUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact(&self.0), f)
+    }
+}
+
 /// How to reach the event streams of one server: base URL, credentials, headers, timeouts,
 /// limits and the reconnect schedule. Built with [`SseConfig::builder`]; cheap to clone
 /// (the HTTP client inside is shared).
@@ -95,7 +105,7 @@ impl SseConfig {
     /// A builder for the server at `base_url` (checked by [`SseConfigBuilder::build`]).
     pub fn builder(base_url: impl Into<String>) -> SseConfigBuilder {
         SseConfigBuilder {
-            base: base_url.into(),
+            base: RawUrl(base_url.into()),
             user: None,
             password: None,
             headers: Vec::new(),
@@ -181,7 +191,7 @@ impl SseConfig {
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct SseConfigBuilder {
-    base: String,
+    base: RawUrl,
     user: Option<String>,
     password: Option<Secret>,
     headers: Vec<(String, Secret)>,
@@ -269,12 +279,12 @@ impl SseConfigBuilder {
     /// zero timeout or maximum event size; root certificates that are not PEM; or an HTTP
     /// client that cannot be built.
     pub fn build(self) -> Result<SseConfig, Error> {
-        let mut base = Url::parse(&self.base)
-            .map_err(|e| Error::config(format!("sse base URL {:?}: {e}", redact(&self.base))))?;
+        let mut base = Url::parse(&self.base.0)
+            .map_err(|e| Error::config(format!("sse base URL {:?}: {e}", redact(&self.base.0))))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(Error::config(format!(
                 "sse base URL {:?} is not an http or https URL",
-                redact(&self.base)
+                redact(&self.base.0)
             )));
         }
         if base.scheme() == "https" && !cfg!(feature = "rustls") {
@@ -483,6 +493,8 @@ mod tests {
         assert_eq!(config.base_url().as_str(), "http://h/x");
         assert_eq!(config.user(), Some("u"));
         assert!(!format!("{config:?}").contains("ss-word"));
+        let builder = SseConfig::builder("http://u:pw-in-url@h/x");
+        assert!(!format!("{builder:?}").contains("pw-in-url"), "{builder:?}");
         let err = SseConfig::builder("http://u:pw-secret@h:99999/")
             .build()
             .unwrap_err();
