@@ -74,8 +74,9 @@ async fn raw(client: &reqwest::Client, url: &str) -> u64 {
     n
 }
 
-async fn backend(url: &str, bulk: usize) -> u64 {
-    let config = SseConfig::builder(url)
+/// The backend's config for the bench server: reconnect at once.
+fn config(url: &str) -> SseConfig {
+    SseConfig::builder(url)
         .backoff(
             asyncworker_core::Backoff::builder()
                 .initial_delay(Duration::ZERO)
@@ -83,7 +84,11 @@ async fn backend(url: &str, bulk: usize) -> u64 {
                 .unwrap(),
         )
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+async fn backend(url: &str, bulk: usize) -> u64 {
+    let config = config(url);
     let source = SseSource::new(&config, ["/e"]).unwrap();
     let handled = Arc::new(AtomicU64::new(0));
     let count = Arc::clone(&handled);
@@ -106,15 +111,7 @@ async fn backend(url: &str, bulk: usize) -> u64 {
 /// the runtime and layers.
 async fn source_only(url: &str) -> u64 {
     use asyncworker_core::{Action, Message, Shutdown, Source, SourceContext};
-    let config = SseConfig::builder(url)
-        .backoff(
-            asyncworker_core::Backoff::builder()
-                .initial_delay(Duration::ZERO)
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let config = config(url);
     let source = SseSource::new(&config, ["/e"]).unwrap();
     let mut stream = source.into_stream(SourceContext::new("bench", Shutdown::new()));
     let mut n = 0;

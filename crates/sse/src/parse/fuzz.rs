@@ -1,6 +1,7 @@
 //! Random streams against the parser's invariants: whatever a peer sends, in whatever
-//! chunks, the parser never panics, never holds more than its limits allow, and produces the
-//! same frames (and the same success or failure) as for the whole stream in one chunk.
+//! chunks, the parser never panics, never holds more than its limits allow, dispatches only
+//! UTF-8 data, and produces the same frames (and the same success or failure) as for the
+//! whole stream in one chunk.
 
 use super::*;
 
@@ -88,6 +89,12 @@ fn run(chunks: &[&[u8]], max: usize) -> (Vec<Frame>, bool) {
         assert!(id <= limit, "held id {id}");
         if result.is_err() {
             return (out, true);
+        }
+    }
+    for frame in &out {
+        if let Frame::Event(event) = frame {
+            // `SseEvent::data` relies on it.
+            assert!(std::str::from_utf8(&event.data).is_ok(), "{event:?}");
         }
     }
     (out, false)
