@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use asyncworker_core::{Action, Message};
-use asyncworker_sse::{MemoryCheckpoints, SseError, SseSource};
+use asyncworker_sse::{SseError, SseSource};
 use support::{Direct, Gate, Part, Reply, Server, eventually, status, stream, text};
 
 #[tokio::test]
@@ -179,11 +179,7 @@ async fn a_disconnect_mid_stream_resumes_with_the_settled_checkpoint() {
             stream(vec![text("id: 3\ndata: c\n\n")]),
         ],
     );
-    let store = MemoryCheckpoints::new();
-    let config = server.config().build().unwrap();
-    let source = SseSource::new(&config, ["/d"])
-        .unwrap()
-        .checkpoint_store(store.clone());
+    let (source, store) = server.source_with_memory_checkpoints("/d");
     let mut d = Direct::start(source);
     let a = d.event().await;
     let b = d.event().await;

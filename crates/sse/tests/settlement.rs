@@ -10,7 +10,7 @@ use asyncworker_core::ack::AckLayer;
 use asyncworker_core::bulk::BulkLayer;
 use asyncworker_core::runtime::Worker;
 use asyncworker_core::{Action, BoxError, Message, Shutdown, SourceContext};
-use asyncworker_sse::{FileCheckpoints, MemoryCheckpoints, SseEvent, SseSource};
+use asyncworker_sse::{FileCheckpoints, SseEvent, SseSource};
 use support::{Direct, Gate, Part, Server, eventually, stream, text};
 use tower::{ServiceBuilder, service_fn};
 
@@ -86,11 +86,7 @@ async fn bulk_2_with_a_flush_interval() {
             Part::Hang,
         ])],
     );
-    let store = MemoryCheckpoints::new();
-    let config = server.config().build().unwrap();
-    let source = SseSource::new(&config, ["/v2/events"])
-        .unwrap()
-        .checkpoint_store(store.clone());
+    let (source, store) = server.source_with_memory_checkpoints("/v2/events");
     let (seen, shutdown, task) = worker(source, 2, &[], &[]);
     // The third event waits for the flush interval (the stream is silent after it).
     eventually("three events handled", || ids(&seen).len() == 3).await;
@@ -114,11 +110,7 @@ async fn a_handler_failure_requeues_and_the_checkpoint_waits_for_it() {
             Part::Hang,
         ])],
     );
-    let store = MemoryCheckpoints::new();
-    let config = server.config().build().unwrap();
-    let source = SseSource::new(&config, ["/f"])
-        .unwrap()
-        .checkpoint_store(store.clone());
+    let (source, store) = server.source_with_memory_checkpoints("/f");
     let (seen, shutdown, task) = worker(source, 1, &["2"], &[]);
     eventually("event 2 handled twice", || ids(&seen).len() == 4).await;
     let mut all: Vec<_> = seen.lock().unwrap().iter().flatten().cloned().collect();
@@ -143,12 +135,8 @@ async fn requeues_are_bounded_then_the_event_is_rejected() {
             Part::Hang,
         ])],
     );
-    let store = MemoryCheckpoints::new();
-    let config = server.config().build().unwrap();
-    let source = SseSource::new(&config, ["/b"])
-        .unwrap()
-        .checkpoint_store(store.clone())
-        .max_redeliveries(2);
+    let (source, store) = server.source_with_memory_checkpoints("/b");
+    let source = source.max_redeliveries(2);
     let (seen, shutdown, task) = worker(source, 1, &[], &["1"]);
     eventually("checkpoint 2", || store.get("r /b").as_deref() == Some("2")).await;
     let deliveries_of_1 = seen
@@ -177,11 +165,7 @@ async fn the_next_connection_asks_for_the_last_event_before_an_unsettled_one() {
             stream(vec![text("id: 2\ndata: b\n\n")]),
         ],
     );
-    let store = MemoryCheckpoints::new();
-    let config = server.config().build().unwrap();
-    let source = SseSource::new(&config, ["/n"])
-        .unwrap()
-        .checkpoint_store(store.clone());
+    let (source, store) = server.source_with_memory_checkpoints("/n");
     let mut d = Direct::start(source);
     let (a, b, c) = (d.event().await, d.event().await, d.event().await);
     a.settlement().settle(Action::Ack).unwrap();
@@ -324,11 +308,7 @@ async fn while_a_failing_handler_holds_an_event_the_next_connection_asks_from_be
             stream(vec![Part::Hang]),
         ],
     );
-    let store = MemoryCheckpoints::new();
-    let config = server.config().build().unwrap();
-    let source = SseSource::new(&config, ["/h"])
-        .unwrap()
-        .checkpoint_store(store.clone());
+    let (source, store) = server.source_with_memory_checkpoints("/h");
     // The handler holds event 2's first delivery until `release` opens, then fails it.
     let release = Arc::new(tokio::sync::Semaphore::new(0));
     let held = Arc::new(tokio::sync::Notify::new());

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asyncworker_core::{Backoff, Jitter, Message, Shutdown, Source, SourceContext};
-use asyncworker_sse::{SseConfig, SseConfigBuilder, SseError, SseEvent, SseSource, SseStream};
+use asyncworker_sse::{
+    MemoryCheckpoints, SseConfig, SseConfigBuilder, SseError, SseEvent, SseSource, SseStream,
+};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode};
@@ -189,6 +191,19 @@ impl Server {
             .backoff(fast_backoff())
             .client_error_delay(Duration::from_millis(200))
             .idle_timeout(Duration::from_secs(30))
+    }
+}
+
+impl Server {
+    /// A source reading `path` with [`Server::config`], its checkpoints in a memory store the
+    /// test can read.
+    pub fn source_with_memory_checkpoints(&self, path: &str) -> (SseSource, MemoryCheckpoints) {
+        let store = MemoryCheckpoints::new();
+        let config = self.config().build().unwrap();
+        let source = SseSource::new(&config, [path])
+            .unwrap()
+            .checkpoint_store(store.clone());
+        (source, store)
     }
 }
 
