@@ -262,6 +262,49 @@ mod tests {
         assert_eq!(w.settle(a), Some(&"position"));
     }
 
+    /// Pushes, settled pushes and settlements interleaved at random (as a stream does while
+    /// its events settle) agree with a plain scan, and the window stays small.
+    #[test]
+    fn interleaved_pushes_and_settlements_match_a_plain_scan() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..500 {
+            let mut w = SettleWindow::new();
+            let mut seqs = Vec::new();
+            let mut settled: Vec<bool> = Vec::new();
+            for _ in 0..200 {
+                match next() % 5 {
+                    0 | 1 => {
+                        seqs.push(w.push(seqs.len()));
+                        settled.push(false);
+                    }
+                    2 => {
+                        // Entries are numbered in push order, so this is its `Seq`.
+                        seqs.push(Seq(seqs.len() as u64));
+                        w.push_settled(seqs.len() - 1);
+                        settled.push(true);
+                    }
+                    _ if !seqs.is_empty() => {
+                        let i = (next() % seqs.len() as u64) as usize;
+                        w.settle(seqs[i]);
+                        settled[i] = true;
+                    }
+                    _ => {}
+                }
+                let expected = settled.iter().take_while(|s| **s).count().checked_sub(1);
+                assert_eq!(w.prefix_end().copied(), expected);
+                let open = settled.iter().filter(|s| !**s).count();
+                assert_eq!(w.unsettled(), open);
+                assert!(w.retained() <= 2 * open + 1, "{} for {open}", w.retained());
+            }
+        }
+    }
+
     /// Every settlement order of 6 entries gives the same prefix as a plain scan.
     #[test]
     fn matches_a_plain_scan_for_every_order() {
