@@ -66,7 +66,8 @@ impl SseSource {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `paths` is empty or a path is a whole URL.
+    /// [`Error::Config`] when `paths` is empty, a path is a whole URL, or two paths join to
+    /// the same URL.
     pub fn new<I, P>(config: &SseConfig, paths: I) -> Result<Self, Error>
     where
         I: IntoIterator<Item = P>,
@@ -81,6 +82,13 @@ impl SseSource {
             .collect::<Result<Vec<_>, _>>()?;
         if paths.is_empty() {
             return Err(Error::config("an sse route needs at least 1 path"));
+        }
+        for (i, (_, url)) in paths.iter().enumerate() {
+            if paths[..i].iter().any(|(_, other)| other == url) {
+                return Err(Error::config(format!(
+                    "sse URL {url} is listed twice in one route (each of its events would be read twice)"
+                )));
+            }
         }
         Ok(SseSource {
             config: config.clone(),
@@ -247,5 +255,24 @@ impl Stream for SseStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.streams.poll_next_unpin(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_listed_twice_is_a_config_error() {
+        let config = SseConfig::builder("http://h/api").build().unwrap();
+        assert!(SseSource::new(&config, ["/a", "/b"]).is_ok());
+        // Two streams of one URL would read every event twice, and "/a" twice would share
+        // a checkpoint file.
+        for paths in [["/a", "/a"], ["/a", "a"]] {
+            let err = SseSource::new(&config, paths).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err}");
+            assert!(err.to_string().contains("http://h/api/a"), "{err}");
+        }
+        assert!(SseSource::new(&config, Vec::<&str>::new()).is_err());
     }
 }
