@@ -187,7 +187,7 @@ impl PathStream {
             };
             match read {
                 Ok(Some(Ok(bytes))) => {
-                    conn.idle_at = Instant::now() + idle;
+                    conn.idle_at = after(idle);
                     self.shared.metrics.bytes.increment(bytes.len() as u64);
                     let parsed = self.parser.feed(&bytes, &mut self.scratch);
                     self.frames.extend(self.scratch.drain(..));
@@ -308,11 +308,10 @@ impl PathStream {
         }
         tracing::info!(url = %url, last_event_id = ?checkpoint, "event stream connected");
         self.parser.reset(checkpoint);
-        let now = Instant::now();
         self.conn = Some(Connection {
             body: response.bytes_stream().boxed(),
-            since: now,
-            idle_at: now + self.config.idle_timeout(),
+            since: Instant::now(),
+            idle_at: after(self.config.idle_timeout()),
         });
         self.shared.metrics.connected.set(1.0);
         self.health.up();
@@ -365,6 +364,13 @@ impl PathStream {
             self.health.stopped();
         }
     }
+}
+
+/// `d` from now; a `d` too large for a deadline (`Duration::MAX`: "never") is 30 years.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 60 * 60))
 }
 
 /// The longest wait before a reconnect, whatever the server asks: one day.

@@ -356,3 +356,23 @@ async fn requeues_do_not_postpone_the_idle_timeout() {
     }
     panic!("no idle timeout while the event was requeued");
 }
+
+#[tokio::test]
+async fn huge_timeouts_are_accepted() {
+    // "Never time out", said with the largest Duration: no deadline overflows.
+    let server = Server::start().await;
+    server.script("/h", [stream(vec![text("data: a\n\n"), Part::Hang])]);
+    let config = server
+        .config()
+        .idle_timeout(Duration::MAX)
+        .connect_timeout(Duration::MAX)
+        .client_error_delay(Duration::MAX)
+        .healthy_after(Duration::MAX)
+        .build()
+        .unwrap();
+    let source = SseSource::new(&config, ["/h"])
+        .unwrap()
+        .checkpoint_interval(Duration::MAX);
+    let mut d = Direct::start(source);
+    assert_eq!(d.acked().await.data(), "a");
+}
