@@ -254,22 +254,6 @@ impl Parser {
     /// [`ParseError::EventTooLarge`] or [`ParseError::Utf8`]; the frames completed before the
     /// error are in `out`. The parser must be [`reset`](Parser::reset) before further use.
     pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<Frame>) -> Result<(), ParseError> {
-        // The common read of a large event: more of a data line. Only extend the data, and
-        // leave the line machinery (a larger function to enter) to what follows a line end.
-        if self.data_line.is_some_and(|line| !line.strip_space) && !self.skip_lf {
-            let end = self.eol.find(chunk).unwrap_or(chunk.len());
-            self.stream_data(&chunk[..end])?;
-            chunk = &chunk[end..];
-            if chunk.is_empty() {
-                return Ok(());
-            }
-        }
-        self.feed_lines(chunk, out)
-    }
-
-    /// [`feed`](Parser::feed) past the fast path.
-    #[inline(never)]
-    fn feed_lines(&mut self, mut chunk: &[u8], out: &mut Vec<Frame>) -> Result<(), ParseError> {
         if self.skip_lf && !chunk.is_empty() {
             self.skip_lf = false;
             if chunk[0] == b'\n' {
@@ -362,7 +346,6 @@ impl Parser {
     }
 
     /// Append more of a streamed `data` line's value.
-    #[inline]
     fn stream_data(&mut self, mut piece: &[u8]) -> Result<(), ParseError> {
         if let Some(line) = &mut self.data_line
             && line.strip_space
