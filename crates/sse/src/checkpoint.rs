@@ -82,7 +82,8 @@ impl CheckpointStore for MemoryCheckpoints {
 ///
 /// Each save writes a temporary file in the same directory, syncs it and renames it over the
 /// old one, so a crash leaves either the old checkpoint or the new one, never half of one.
-/// File names are the key with every byte outside `[A-Za-z0-9-]` written as `_XX` (hex).
+/// File names are the key with every byte outside `[A-Za-z0-9-]` written as `_XX` (hex); a
+/// name longer than 200 bytes is cut there and ends in `~` and a hash of the whole key.
 /// A file holds the id alone; a trailing newline (a file edited by hand) is ignored.
 #[derive(Clone)]
 pub struct FileCheckpoints {
@@ -113,9 +114,25 @@ impl FileCheckpoints {
                 name.push_str(&format!("_{b:02X}"));
             }
         }
+        if name.len() > MAX_NAME {
+            // Most file systems stop at 255 bytes: a prefix, then a hash of the whole key
+            // after `~`, which the escaping never writes (so no short key's name is the same).
+            name.truncate(MAX_NAME - 17);
+            name.push_str(&format!("~{:016x}", fnv1a(key.as_bytes())));
+        }
         name.push_str(".id");
         self.dir.join(name)
     }
+}
+
+/// The longest file name before `.id` (and a save's `.tmp<pid>`): well under 255 bytes.
+const MAX_NAME: usize = 200;
+
+/// 64-bit FNV-1a: a hash that stays the same across Rust releases (file names outlive them).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Load `key`'s checkpoint as the stream uses it: empty is no id; a trailing newline (a file
@@ -215,6 +232,25 @@ mod tests {
         memory.save("k", "a\u{1}b").unwrap();
         let err = load_id(&memory, "k").unwrap_err();
         assert!(err.to_string().contains("Last-Event-ID"), "{err}");
+    }
+
+    #[test]
+    fn long_keys_fit_in_a_file_name() {
+        let dir =
+            std::env::temp_dir().join(format!("asyncworker-sse-ckpt-long-{}", std::process::id()));
+        let store = FileCheckpoints::new(&dir);
+        let token = "t".repeat(300);
+        let (a, b) = (
+            format!("r /e?token={token}a"),
+            format!("r /e?token={token}b"),
+        );
+        store.save(&a, "1").unwrap();
+        store.save(&b, "2").unwrap();
+        assert_eq!(store.load(&a).unwrap().as_deref(), Some("1"));
+        assert_eq!(store.load(&b).unwrap().as_deref(), Some("2"));
+        let name = store.path(&a).file_name().unwrap().len();
+        assert!(name <= 255, "{name}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
