@@ -173,6 +173,11 @@ impl Outstanding {
         self.unsettled.len() + self.wanted.len()
     }
 
+    /// How many acks are wanted and not sent yet.
+    pub(crate) fn wanted(&self) -> usize {
+        self.wanted.len()
+    }
+
     /// Whether the wanted acknowledgements can wait for more: fewer than `threshold` of them,
     /// and some handed-out delivery still unsettled (its settlement wakes the channel task
     /// again). When every handed-out delivery is settled nothing else may come — the broker

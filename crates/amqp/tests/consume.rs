@@ -946,3 +946,98 @@ async fn a_missing_vhost_is_a_clear_error() {
         "{text}"
     );
 }
+
+/// Log lines written on this thread while `f` runs, at debug level and above.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// An ack held back by the coalescing window when the broker cancels the consumer (here: the
+/// queue is deleted) while the channel still works is sent, not dropped uncounted.
+///
+/// Deterministic on a current-thread runtime: the ack request is queued and the queue deleted
+/// (from another thread) while this thread is blocked, and lapin's I/O thread receives the
+/// cancellation meanwhile; when the channel task runs again it takes the ack first (requests
+/// come before deliveries), holds it back (9 of the prefetch of 10 are unsettled), and then
+/// finds its consumer ended, well within the 5 ms window.
+#[tokio::test]
+async fn acks_held_back_when_the_broker_cancels_the_consumer_are_sent() {
+    install_metrics();
+    let conn = connect().await;
+    let q = unique_name("cancelled-acks");
+    declare_queue(&conn, &q).await;
+    publish_n(&conn, &q, 10).await;
+    let src = AmqpSource::builder(config().prefetch(10).build().unwrap(), [q.as_str()])
+        .build()
+        .unwrap();
+    let (mut stream, shutdown, _) = start(src, "cancelled-acks");
+    let batch = next_messages(&mut stream, 10, 10).await;
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("asyncworker_amqp=debug"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+
+    batch[0].settlement().settle(Action::Ack).unwrap();
+    let name = q.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let conn = connect().await;
+                delete_queue(&conn, &name).await;
+                conn.close(200, "OK".into()).await.unwrap();
+            });
+    })
+    .join()
+    .unwrap();
+    // lapin's I/O thread takes the broker's basic.cancel meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+
+    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        Ok(Some(Err(e))) => assert_eq!(e.kind(), "consumer_ended", "{e}"),
+        other => panic!("expected the consumer to end, got {other:?}"),
+    }
+    // The channel task flushes before closing its channel.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = captured.text();
+    let failed = counter(
+        "asyncworker_amqp_settle_failures_total",
+        &[("queue", q.as_str()), ("action", "ack")],
+    );
+    assert_eq!(
+        failed, 0,
+        "the channel still worked: nothing to count\n{logs}"
+    );
+    assert!(
+        logs.lines().any(|line| line
+            .contains("acknowledgements held back sent before closing the channel")
+            && line.contains(" acks=1 ")),
+        "the held-back ack was neither sent nor counted:\n{logs}"
+    );
+    drop(batch);
+    shutdown.trigger();
+    drop(stream);
+}
