@@ -1041,3 +1041,56 @@ async fn acks_held_back_when_the_broker_cancels_the_consumer_are_sent() {
     shutdown.trigger();
     drop(stream);
 }
+
+/// The 5 ms coalescing timer is not starved by a steady stream of settlement requests: the
+/// channel task reads a delivery only when no request waits, and checks the timer before it,
+/// so requests can win only until the handed-out deliveries run out. Here one ack is held
+/// back (one delivery of a prefetch of 10 stays unsettled) while another message is requeued
+/// and redelivered without pause; the ack reaches the broker while that goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_of_settlements_does_not_starve_the_ack_timer() {
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "steady").await;
+    publish_bodies(&conn, &q, ["acked", "bouncing"]).await;
+    let src = AmqpSource::builder(config().prefetch(10).build().unwrap(), [q.as_str()])
+        .build()
+        .unwrap();
+    let (mut stream, shutdown, _) = start(src, "steady");
+    let first = next_messages(&mut stream, 2, 10).await;
+    let (acked, bouncing): (Vec<_>, Vec<_>) = first
+        .into_iter()
+        .partition(|m| m.text().unwrap() == "acked");
+    acked[0].settlement().settle(Action::Ack).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopping = stop.clone();
+    let bounce = tokio::spawn(async move {
+        let mut next = bouncing.into_iter().next().unwrap();
+        let mut bounces = 0u64;
+        loop {
+            next.settlement().settle(Action::Requeue).unwrap();
+            bounces += 1;
+            let (m, _) = next_message(&mut stream, 10).await;
+            if stopping.is_cancelled() {
+                return (stream, m, bounces);
+            }
+            next = m;
+        }
+    });
+    let seen = std::cell::Cell::new(None);
+    let acked_while_bouncing = wait_until(Duration::from_secs(20), || async {
+        let info = queue_info("/", &q).await.expect("the queue is listed");
+        seen.set(Some(info.messages_ready + info.messages_unacknowledged));
+        info.messages_ready + info.messages_unacknowledged == 1
+    })
+    .await
+    .held();
+    stop.cancel();
+    let (stream, last, bounces) = bounce.await.unwrap();
+    assert!(
+        acked_while_bouncing,
+        "the held ack never reached the broker ({:?} messages left) during {bounces} requeues",
+        seen.get()
+    );
+    last.settlement().settle(Action::Ack).unwrap();
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
+}
