@@ -265,18 +265,22 @@ async fn shutdown_hooks_run_after_work_past_the_grace_period_is_requeued() {
     }
     let t0 = Instant::now();
 
+    // Clones kept outside the batch future (as by work the handler spawned): the requeue
+    // must come from the abandoned future, not from the last clone going away.
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let keep = kept.clone();
     let mut app = quiet_app();
     app.grace_period(secs(2));
-    app.route(
-        "r",
-        queue.source(),
-        |batch: Vec<MemoryMessage>| async move {
+    app.route("r", queue.source(), move |batch: Vec<MemoryMessage>| {
+        let keep = keep.clone();
+        async move {
             if batch.iter().any(|m| text(m) == "stuck") {
+                keep.lock().unwrap().extend(batch.iter().cloned());
                 std::future::pending::<()>().await;
             }
             Ok::<(), BoxError>(())
-        },
-    )
+        }
+    })
     .bulk_size(2);
     let shutdown_saw = Arc::new(Mutex::new(None));
     app.on_shutdown({
@@ -315,6 +319,7 @@ async fn shutdown_hooks_run_after_work_past_the_grace_period_is_requeued() {
         Some(0),
         "hooks run after settlement"
     );
+    assert_eq!(kept.lock().unwrap().len(), 2, "the clones are still alive");
 }
 
 // ---------------------------------------------------------------------------------------
