@@ -690,6 +690,12 @@ async fn consumes_over_tls_with_verification() {
         .await
         .unwrap_err();
     assert_eq!(untrusted.kind(), "connect", "{untrusted}");
+    // ... and for that reason, not any connect error: the cause names the certificate.
+    let chain = error_chain(&untrusted);
+    assert!(
+        chain.contains("invalid peer certificate") && chain.contains("UnknownIssuer"),
+        "{chain}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -572,6 +572,12 @@ async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
         .await
         .expect_err("the broker's certificate is not signed by that CA");
     assert!(matches!(error, PublishError::Connect(_)), "{error:?}");
+    // ... for that reason, not any connect error: the cause names the certificate.
+    let chain = error_chain(&error);
+    assert!(
+        chain.contains("invalid peer certificate") && chain.contains("UnknownIssuer"),
+        "{chain}"
+    );
 }
 
 #[tokio::test]
