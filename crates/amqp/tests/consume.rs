@@ -1111,3 +1111,50 @@ async fn a_steady_stream_of_settlements_does_not_starve_the_ack_timer() {
     last.settlement().settle(Action::Ack).unwrap();
     stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
+
+/// `ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT` and `..._PREFETCH_COUNT`, read through the
+/// environment-lookup path, reach the broker: the connection's negotiated heartbeat is the
+/// variable's, and the consumer gets no more unacked deliveries than its prefetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_and_prefetch_variables_reach_the_broker() {
+    let settings = asyncworker_amqp::AmqpSettings::from_lookup(|name| match name {
+        "ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT" => Some("9".to_owned()),
+        "ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT" => Some("3".to_owned()),
+        _ => None,
+    })
+    .expect("valid settings");
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "env-heartbeat").await;
+    publish_n(&conn, &q, 5).await;
+    let name = unique_name("env-heartbeat");
+    let config = asyncworker_amqp::AmqpConfigBuilder::with_settings(&settings)
+        .url(&amqp_url())
+        .connection_name(&name)
+        .build()
+        .unwrap();
+    let (mut stream, shutdown, _) = start(
+        AmqpSource::builder(config, [q.as_str()]).build().unwrap(),
+        "env-heartbeat",
+    );
+    let first = next_messages(&mut stream, 3, 10).await;
+    let seen = connections_named(&name).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].timeout, 9,
+        "the heartbeat from the variable: {seen:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stream.next())
+            .await
+            .is_err(),
+        "a 4th delivery came past the prefetch of 3"
+    );
+    for m in &first {
+        m.settlement().settle(Action::Ack).unwrap();
+    }
+    let rest = next_messages(&mut stream, 2, 10).await;
+    for m in &rest {
+        m.settlement().settle(Action::Ack).unwrap();
+    }
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
+}

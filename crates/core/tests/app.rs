@@ -730,3 +730,39 @@ async fn health_is_ready_only_while_routes_run_and_before_shutdown() {
     assert!(!health.is_live(), "not live once stopped");
     assert_eq!(queue.settlement(MessageId(0)), Some(Action::Ack));
 }
+
+/// `ASYNCWORKER_FLUSH_TIMEOUT`, read through the environment-lookup path, is the flush
+/// interval of a route that sets none: a lone message of a bulk-10 route reaches the handler
+/// after 0.5 s, not after the 60 s default.
+#[tokio::test(start_paused = true)]
+async fn the_flush_timeout_variable_sets_the_flush_interval_of_a_route() {
+    let settings = Settings::from_lookup(|name| {
+        (name == "ASYNCWORKER_FLUSH_TIMEOUT").then(|| "0.5".to_owned())
+    })
+    .expect("valid settings");
+    let queue = MemoryQueue::new();
+    queue.push_bytes("alone");
+    let t0 = Instant::now();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let mut app = quiet_app();
+    app.with_settings(settings);
+    app.route(
+        "env-flush",
+        queue.source(),
+        move |batch: Vec<MemoryMessage>| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push((t0.elapsed(), batch.len()));
+                Ok::<(), BoxError>(())
+            }
+        },
+    )
+    .bulk_size(10);
+    let handle = app.shutdown_handle();
+    let run = tokio::spawn(app.run());
+    sleep(secs(5)).await;
+    handle.trigger();
+    run.await.expect("no panic").expect("clean shutdown");
+    assert_eq!(*seen.lock().unwrap(), vec![(Duration::from_millis(500), 1)]);
+}
