@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use asyncworker_core::Action;
+use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use lapin::{Channel, Connection};
 use tokio::sync::mpsc;
 
+use super::TailPublisher;
 use crate::message::{Delivery, QueueMeta};
 use crate::settle::{Cmd, Outstanding, count_failure};
 
@@ -15,10 +16,9 @@ pub(super) const MAX_BATCH: usize = 4096;
 
 /// The channel task's state.
 pub(super) struct ChannelState {
-    pub(super) conn: Arc<Connection>,
     pub(super) channel: Channel,
-    /// A channel in confirm mode for requeue-tail copies, opened on first use.
-    pub(super) publisher: Option<Channel>,
+    /// The route's publisher of requeue-tail copies.
+    pub(super) tail: Arc<TailPublisher>,
     pub(super) outstanding: Outstanding,
     pub(super) tx: mpsc::UnboundedSender<Cmd>,
     pub(super) queue: Arc<QueueMeta>,

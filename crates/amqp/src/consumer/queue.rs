@@ -177,9 +177,8 @@ impl QueueTask {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let life = Arc::new(ChannelLife::new(self.connection_lost.clone(), generation));
         let mut ch = ChannelState {
-            conn: self.conn.clone(),
             channel,
-            publisher: None,
+            tail: self.shared.tail.clone(),
             outstanding: Outstanding::default(),
             tx,
             queue: self.queue.clone(),
@@ -328,13 +327,10 @@ impl QueueTask {
         }
         ch.flush_at_end(&mut batch, !matches!(ended, Ended::ConnectionLost))
             .await;
-        if matches!(ended, Ended::Shutdown | Ended::Channel(_)) {
-            if let Some(p) = ch.publisher.take() {
-                let _ = p.close(200, "OK".into()).await;
-            }
-            if let Err(e) = ch.channel.close(200, "OK".into()).await {
-                tracing::debug!(queue = %self.queue.name, error = %e, "channel close failed");
-            }
+        if matches!(ended, Ended::Shutdown | Ended::Channel(_))
+            && let Err(e) = ch.channel.close(200, "OK".into()).await
+        {
+            tracing::debug!(queue = %self.queue.name, error = %e, "channel close failed");
         }
         ended
     }
