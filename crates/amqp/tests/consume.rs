@@ -1158,3 +1158,65 @@ async fn the_heartbeat_and_prefetch_variables_reach_the_broker() {
     }
     stop_drained(stream, shutdown, &conn, &[&q]).await;
 }
+
+/// An ack held back by the coalescing window when the connection is lost cannot be sent: it
+/// is counted as a failed settlement (the broker redelivers the message), not dropped
+/// silently. Deterministic as its sibling above: the ack is queued and the connection closed
+/// (by the broker, from another thread) while this current-thread runtime is blocked.
+#[tokio::test]
+async fn acks_held_back_when_the_connection_is_lost_are_counted() {
+    install_metrics();
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "lost-acks").await;
+    publish_n(&conn, &q, 10).await;
+    let name = unique_name("lost-acks");
+    let src = AmqpSource::builder(
+        config()
+            .prefetch(10)
+            .connection_name(&name)
+            .build()
+            .unwrap(),
+        [q.as_str()],
+    )
+    .build()
+    .unwrap();
+    let (mut stream, shutdown, _) = start(src, "lost-acks");
+    let batch = next_messages(&mut stream, 10, 10).await;
+    let failed = || {
+        counter(
+            "asyncworker_amqp_settle_failures_total",
+            &[
+                ("queue", q.as_str()),
+                ("action", "ack"),
+                ("reason", "channel_closed"),
+            ],
+        )
+    };
+    assert_eq!(failed(), 0);
+
+    batch[0].settlement().settle(Action::Ack).unwrap();
+    let closing = name.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                assert_eq!(
+                    close_connections_named(&closing, "test: connection lost").await,
+                    1
+                );
+            });
+    })
+    .join()
+    .unwrap();
+    // lapin's I/O thread learns of the close meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+
+    wait_until(Duration::from_secs(10), || async { failed() == 1 })
+        .await
+        .expect("the held-back ack to be counted as not sent");
+    drop(batch);
+    shutdown.trigger();
+    drop(stream);
+}
