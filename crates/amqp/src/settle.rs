@@ -26,7 +26,7 @@
 //! closed, it returns [`SettleError::ChannelClosed`] at once, logs and counts the failure
 //! (`asyncworker_amqp_settle_failures_total{queue, action, reason}`) and sends nothing.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -121,16 +121,13 @@ pub(crate) fn count_failure(queue: &str, action: Action, reason: &'static str) {
     .increment(1);
 }
 
+/// A handed-out delivery that is not settled and has no ack wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Handed out, not settled yet.
     Pending,
-    /// An ack was requested and not sent yet.
-    AckWanted,
     /// A requeue-tail copy is being published; the original waits.
     Busy,
-    /// Settled (the frame was sent): kept only until it reaches the front.
-    Done,
 }
 
 /// The acknowledgements to send after a batch of requests.
@@ -143,27 +140,42 @@ pub(crate) struct AckPlan {
     pub(crate) singles: Vec<u64>,
 }
 
-/// The deliveries a channel handed out and has not settled yet, in tag order.
+/// The deliveries a channel handed out and has not settled yet.
+///
+/// Only live tags are kept — a settled tag is forgotten at once — so one delivery left
+/// unsettled for long (a slow batch, a copy awaiting its confirm) costs one entry, not one
+/// per later delivery. Every operation is O(log n) in the live tags, and a plan O(k log n)
+/// for the k acks it sends.
+///
+/// Every tag below the lowest unsettled one is settled (handed-out tags grow), so the wanted
+/// acks below it are the longest settled prefix's and go in one `multiple` ack; the wanted
+/// acks above it go one by one, so a `multiple` ack never covers an unsettled delivery.
 #[derive(Debug, Default)]
 pub(crate) struct Outstanding {
-    entries: VecDeque<(u64, State)>,
-    /// Entries not `Done`.
-    live: usize,
-    /// Entries `AckWanted`.
-    wanted: usize,
+    /// Handed out, not settled, no ack wanted.
+    unsettled: BTreeMap<u64, State>,
+    /// An ack was requested and not sent yet.
+    wanted: BTreeSet<u64>,
+    /// The highest tag handed out so far.
+    last: u64,
 }
 
 impl Outstanding {
     /// Record a delivery about to be handed out. Tags grow on a channel.
     pub(crate) fn push(&mut self, tag: u64) {
-        debug_assert!(self.entries.back().is_none_or(|(t, _)| *t < tag));
-        self.entries.push_back((tag, State::Pending));
-        self.live += 1;
+        debug_assert!(tag > self.last, "delivery tags grow on a channel");
+        self.last = tag;
+        self.unsettled.insert(tag, State::Pending);
     }
 
     /// How many handed-out deliveries are not settled yet.
     pub(crate) fn live(&self) -> usize {
-        self.live
+        self.unsettled.len() + self.wanted.len()
+    }
+
+    /// How many acks are wanted and not sent yet.
+    pub(crate) fn wanted(&self) -> usize {
+        self.wanted.len()
     }
 
     /// Whether the wanted acknowledgements can wait for more: fewer than `threshold` of them,
@@ -171,46 +183,29 @@ impl Outstanding {
     /// again). When every handed-out delivery is settled nothing else may come — the broker
     /// sends no more once the prefetch is used up — so they must go now.
     pub(crate) fn can_defer_acks(&self, threshold: usize) -> bool {
-        self.wanted > 0 && self.wanted < threshold && self.live > self.wanted
+        !self.wanted.is_empty() && self.wanted.len() < threshold && !self.unsettled.is_empty()
     }
 
-    fn state_mut(&mut self, tag: u64) -> Option<&mut State> {
-        let i = self.entries.binary_search_by_key(&tag, |(t, _)| *t).ok()?;
-        Some(&mut self.entries[i].1)
-    }
-
-    /// Start settling `tag`, which is pending: `true` if it was (the caller then sends the
-    /// frame or marks it), `false` for an unknown or already settled tag, which must not be
-    /// sent (a second ack of one tag closes the channel).
-    fn transition(&mut self, tag: u64, to: State) -> bool {
-        let Some(state) = self.state_mut(tag) else {
-            return false;
-        };
-        if !matches!(*state, State::Pending | State::Busy) {
+    /// Mark `tag`, which is pending or held, to be acknowledged by the next
+    /// [`Outstanding::take_plan`]: `false` for an unknown or already settled tag, which must
+    /// not be sent (a second ack of one tag closes the channel).
+    pub(crate) fn want_ack(&mut self, tag: u64) -> bool {
+        if self.unsettled.remove(&tag).is_none() {
             return false;
         }
-        *state = to;
-        match to {
-            State::Done => self.live -= 1,
-            State::AckWanted => self.wanted += 1,
-            State::Pending | State::Busy => {}
-        }
+        self.wanted.insert(tag);
         true
     }
 
-    /// Mark `tag` to be acknowledged by the next [`Outstanding::take_plan`].
-    pub(crate) fn want_ack(&mut self, tag: u64) -> bool {
-        self.transition(tag, State::AckWanted)
-    }
-
-    /// Mark `tag` as settled by a frame the caller sends now (reject or requeue).
+    /// Mark `tag` (pending or held) as settled by a frame the caller sends now (reject or
+    /// requeue): `false` as for [`Outstanding::want_ack`].
     pub(crate) fn settle_now(&mut self, tag: u64) -> bool {
-        self.transition(tag, State::Done)
+        self.unsettled.remove(&tag).is_some()
     }
 
     /// Mark `tag` as waiting for its requeue-tail copy to be published.
     pub(crate) fn hold(&mut self, tag: u64) -> bool {
-        match self.state_mut(tag) {
+        match self.unsettled.get_mut(&tag) {
             Some(state @ State::Pending) => {
                 *state = State::Busy;
                 true
@@ -221,7 +216,7 @@ impl Outstanding {
 
     /// Put a held tag back to pending (to settle it otherwise).
     pub(crate) fn release(&mut self, tag: u64) {
-        if let Some(state @ State::Busy) = self.state_mut(tag) {
+        if let Some(state @ State::Busy) = self.unsettled.get_mut(&tag) {
             *state = State::Pending;
         }
     }
@@ -230,47 +225,26 @@ impl Outstanding {
     /// settled from here on.
     pub(crate) fn take_plan(&mut self) -> AckPlan {
         let mut plan = AckPlan::default();
-        if self.wanted == 0 {
-            self.trim();
+        if self.wanted.is_empty() {
             return plan;
         }
-        // The run from the front: every entry either already settled or being acked now.
-        let mut last = None;
-        let mut count = 0usize;
-        while let Some(&(tag, state)) = self.entries.front() {
-            match state {
-                State::Done => {}
-                State::AckWanted => {
-                    last = Some(tag);
-                    count += 1;
-                    self.live -= 1;
-                    self.wanted -= 1;
-                }
-                State::Pending | State::Busy => break,
-            }
-            self.entries.pop_front();
+        // Wanted tags at or above the lowest unsettled one cannot be covered by `multiple`.
+        let above = match self.unsettled.keys().next() {
+            Some(&lowest) => self.wanted.split_off(&lowest),
+            None => BTreeSet::new(),
+        };
+        let prefix = std::mem::take(&mut self.wanted);
+        if let Some(&tag) = prefix.last() {
+            plan.upto = Some((tag, prefix.len()));
         }
-        if let Some(tag) = last {
-            plan.upto = Some((tag, count));
-        }
-        if self.wanted > 0 {
-            for (tag, state) in &mut self.entries {
-                if *state == State::AckWanted {
-                    *state = State::Done;
-                    plan.singles.push(*tag);
-                }
-            }
-            self.live -= self.wanted;
-            self.wanted = 0;
-        }
-        self.trim();
+        plan.singles = above.into_iter().collect();
         plan
     }
 
-    fn trim(&mut self) {
-        while let Some((_, State::Done)) = self.entries.front() {
-            self.entries.pop_front();
-        }
+    /// How many tags the bookkeeping holds (every one of them live).
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.unsettled.len() + self.wanted.len()
     }
 }
 
@@ -371,6 +345,40 @@ mod tests {
             assert!(o.want_ack(t));
         }
         assert!(!o.can_defer_acks(100), "every delivery is settled: ack now");
+    }
+
+    #[test]
+    fn a_long_unsettled_front_tag_keeps_the_bookkeeping_bounded() {
+        // Tag 1 stays pending (a slow batch, a copy awaiting its confirm) while 200 000 later
+        // tags are handed out, acked and planned: each is acked on its own (a `multiple` ack
+        // would cover tag 1), and only the live tags are kept.
+        let mut o = out([1]);
+        for t in 2..=200_001 {
+            o.push(t);
+            assert!(o.want_ack(t));
+            assert_eq!(o.take_plan(), plan(None, &[t]));
+            assert_eq!(o.entries(), 1, "only tag 1 is live after tag {t}");
+        }
+        assert_eq!(o.live(), 1);
+        assert!(o.want_ack(1));
+        assert_eq!(o.take_plan(), plan(Some((1, 1)), &[]));
+        assert_eq!(o.entries(), 0);
+    }
+
+    #[test]
+    fn acks_below_the_lowest_unsettled_tag_coalesce_and_the_rest_go_singly() {
+        let mut o = out(1..=6);
+        assert!(o.settle_now(3));
+        for t in [1, 2, 4, 6] {
+            assert!(o.want_ack(t));
+        }
+        // 5 is unsettled: 1..=4 (3 rejected already) in one multiple ack, 6 alone.
+        assert_eq!(o.take_plan(), plan(Some((4, 3)), &[6]));
+        assert_eq!(o.entries(), 1);
+        assert!(!o.want_ack(6), "an acked tag is never acked again");
+        assert!(o.want_ack(5));
+        assert_eq!(o.take_plan(), plan(Some((5, 1)), &[]));
+        assert_eq!(o.entries(), 0);
     }
 
     #[test]

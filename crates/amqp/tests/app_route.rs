@@ -48,11 +48,39 @@ async fn run_route(source: AmqpSource, options: RouteOptions, expected: usize) -
     batches.lock().unwrap().clone()
 }
 
+/// Batch sizes that depend on counts only (no flush on time: `Duration::MAX`), so the split
+/// is exact however slowly the deliveries arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bulk_of_ten_with_a_flush_interval_gives_ten_ten_five() {
+async fn bulk_of_ten_gives_full_batches_of_ten() {
     let conn = connect().await;
     let q = TestQueue::declare(&conn, "bulk10").await;
-    publish_n(&conn, &q, 25).await;
+    publish_n(&conn, &q, 30).await;
+
+    let source = AmqpSource::builder(config().build().unwrap(), [q.as_str()])
+        .build()
+        .unwrap();
+    let options = RouteOptions::new()
+        .bulk_size(10)
+        .flush_interval(Duration::MAX);
+    let batches = run_route(source, options, 30).await;
+    let sizes: Vec<_> = batches.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [10, 10, 10]);
+    let bodies: Vec<_> = batches.concat();
+    assert_published_n(bodies, 30);
+    // Every message was acked before `run` returned.
+    let counts = queue_counts(&conn, &q).await.unwrap();
+    assert_eq!((counts.messages, counts.consumers), (0, 0));
+    let info = queue_info("/", &q).await.unwrap();
+    assert_eq!(info.messages_unacknowledged, 0);
+}
+
+/// A partial batch is flushed by the interval: one message (which cannot be split) with a
+/// bulk of ten reaches the handler alone, long before the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_batch_is_flushed_by_the_interval() {
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "bulk10-partial").await;
+    publish_n(&conn, &q, 1).await;
 
     let source = AmqpSource::builder(config().build().unwrap(), [q.as_str()])
         .build()
@@ -60,12 +88,8 @@ async fn bulk_of_ten_with_a_flush_interval_gives_ten_ten_five() {
     let options = RouteOptions::new()
         .bulk_size(10)
         .flush_interval(Duration::from_millis(500));
-    let batches = run_route(source, options, 25).await;
-    let sizes: Vec<_> = batches.iter().map(Vec::len).collect();
-    assert_eq!(sizes, [10, 10, 5]);
-    let bodies: Vec<_> = batches.concat();
-    assert_published_n(bodies, 25);
-    // Every message was acked before `run` returned.
+    let batches = run_route(source, options, 1).await;
+    assert_eq!(batches, [["message-0"]]);
     let counts = queue_counts(&conn, &q).await.unwrap();
     assert_eq!((counts.messages, counts.consumers), (0, 0));
     let info = queue_info("/", &q).await.unwrap();

@@ -335,6 +335,9 @@ async fn wrong_password_gives_a_clear_error_and_bounded_retries_with_backoff() {
     assert!(gap2 >= Duration::from_millis(390), "{gap2:?}");
 }
 
+/// The host of the reconnect test's source, used by no other test of this binary.
+const RECONNECT_HOST: &str = "localhost";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted() {
     install_metrics();
@@ -345,17 +348,26 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
     let name = unique_name("reconnecting");
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = calls.clone();
+    // `localhost`: a host label no other test of this binary uses, so the reconnect count is
+    // this test's alone and its delta exact.
     let src = AmqpSource::builder(
-        config().connection_name(&name).build().unwrap(),
+        config()
+            .host(RECONNECT_HOST)
+            .connection_name(&name)
+            .build()
+            .unwrap(),
         [q.as_str()],
     )
     .on_connection_error(move |e, attempt| seen.lock().unwrap().push((e.kind(), attempt)))
     .build()
     .unwrap();
-    let reconnects_before = counter(
-        "asyncworker_amqp_reconnects_total",
-        &[("host", "127.0.0.1")],
-    );
+    let reconnects = || {
+        counter(
+            "asyncworker_amqp_reconnects_total",
+            &[("host", RECONNECT_HOST)],
+        )
+    };
+    let reconnects_before = reconnects();
     let (mut stream, shutdown, readiness) = start(src, "reconnect");
     let (old, _) = next_message(&mut stream, 10).await;
     assert!(!old.redelivered());
@@ -377,11 +389,10 @@ async fn lost_connection_reconnects_reconsumes_and_stale_settlements_are_counted
         "the loss is reported: {errors:?}"
     );
     assert!(readiness.get(), "ready again after the reconnect");
-    assert!(
-        counter(
-            "asyncworker_amqp_reconnects_total",
-            &[("host", "127.0.0.1")]
-        ) > reconnects_before
+    assert_eq!(
+        reconnects() - reconnects_before,
+        1,
+        "one reconnect after one closed connection"
     );
 
     // The old delivery's channel is gone: its settlement is refused, counted, not sent (its
@@ -679,6 +690,12 @@ async fn consumes_over_tls_with_verification() {
         .await
         .unwrap_err();
     assert_eq!(untrusted.kind(), "connect", "{untrusted}");
+    // ... and for that reason, not any connect error: the cause names the certificate.
+    let chain = error_chain(&untrusted);
+    assert!(
+        chain.contains("invalid peer certificate") && chain.contains("UnknownIssuer"),
+        "{chain}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -945,4 +962,261 @@ async fn a_missing_vhost_is_a_clear_error() {
         text.contains(&vhost) && text.contains("virtual host"),
         "{text}"
     );
+}
+
+/// Log lines written on this thread while `f` runs, at debug level and above.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// An ack held back by the coalescing window when the broker cancels the consumer (here: the
+/// queue is deleted) while the channel still works is sent, not dropped uncounted.
+///
+/// Deterministic on a current-thread runtime: the ack request is queued and the queue deleted
+/// (from another thread) while this thread is blocked, and lapin's I/O thread receives the
+/// cancellation meanwhile; when the channel task runs again it takes the ack first (requests
+/// come before deliveries), holds it back (9 of the prefetch of 10 are unsettled), and then
+/// finds its consumer ended, well within the 5 ms window.
+#[tokio::test]
+async fn acks_held_back_when_the_broker_cancels_the_consumer_are_sent() {
+    install_metrics();
+    let conn = connect().await;
+    let q = unique_name("cancelled-acks");
+    declare_queue(&conn, &q).await;
+    publish_n(&conn, &q, 10).await;
+    let src = AmqpSource::builder(config().prefetch(10).build().unwrap(), [q.as_str()])
+        .build()
+        .unwrap();
+    let (mut stream, shutdown, _) = start(src, "cancelled-acks");
+    let batch = next_messages(&mut stream, 10, 10).await;
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("asyncworker_amqp=debug"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+
+    batch[0].settlement().settle(Action::Ack).unwrap();
+    let name = q.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let conn = connect().await;
+                delete_queue(&conn, &name).await;
+                conn.close(200, "OK".into()).await.unwrap();
+            });
+    })
+    .join()
+    .unwrap();
+    // lapin's I/O thread takes the broker's basic.cancel meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+
+    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        Ok(Some(Err(e))) => assert_eq!(e.kind(), "consumer_ended", "{e}"),
+        other => panic!("expected the consumer to end, got {other:?}"),
+    }
+    // The channel task flushes before closing its channel.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = captured.text();
+    let failed = counter(
+        "asyncworker_amqp_settle_failures_total",
+        &[("queue", q.as_str()), ("action", "ack")],
+    );
+    assert_eq!(
+        failed, 0,
+        "the channel still worked: nothing to count\n{logs}"
+    );
+    assert!(
+        logs.lines().any(|line| line
+            .contains("acknowledgements held back sent before closing the channel")
+            && line.contains(" acks=1 ")),
+        "the held-back ack was neither sent nor counted:\n{logs}"
+    );
+    drop(batch);
+    shutdown.trigger();
+    drop(stream);
+}
+
+/// The 5 ms coalescing timer is not starved by a steady stream of settlement requests: the
+/// channel task reads a delivery only when no request waits, and checks the timer before it,
+/// so requests can win only until the handed-out deliveries run out. Here one ack is held
+/// back (one delivery of a prefetch of 10 stays unsettled) while another message is requeued
+/// and redelivered without pause; the ack reaches the broker while that goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_of_settlements_does_not_starve_the_ack_timer() {
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "steady").await;
+    publish_bodies(&conn, &q, ["acked", "bouncing"]).await;
+    let src = AmqpSource::builder(config().prefetch(10).build().unwrap(), [q.as_str()])
+        .build()
+        .unwrap();
+    let (mut stream, shutdown, _) = start(src, "steady");
+    let first = next_messages(&mut stream, 2, 10).await;
+    let (acked, bouncing): (Vec<_>, Vec<_>) = first
+        .into_iter()
+        .partition(|m| m.text().unwrap() == "acked");
+    acked[0].settlement().settle(Action::Ack).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopping = stop.clone();
+    let bounce = tokio::spawn(async move {
+        let mut next = bouncing.into_iter().next().unwrap();
+        let mut bounces = 0u64;
+        loop {
+            next.settlement().settle(Action::Requeue).unwrap();
+            bounces += 1;
+            let (m, _) = next_message(&mut stream, 10).await;
+            if stopping.is_cancelled() {
+                return (stream, m, bounces);
+            }
+            next = m;
+        }
+    });
+    let seen = std::cell::Cell::new(None);
+    let acked_while_bouncing = wait_until(Duration::from_secs(20), || async {
+        let info = queue_info("/", &q).await.expect("the queue is listed");
+        seen.set(Some(info.messages_ready + info.messages_unacknowledged));
+        info.messages_ready + info.messages_unacknowledged == 1
+    })
+    .await
+    .held();
+    stop.cancel();
+    let (stream, last, bounces) = bounce.await.unwrap();
+    assert!(
+        acked_while_bouncing,
+        "the held ack never reached the broker ({:?} messages left) during {bounces} requeues",
+        seen.get()
+    );
+    last.settlement().settle(Action::Ack).unwrap();
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
+}
+
+/// `ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT` and `..._PREFETCH_COUNT`, read through the
+/// environment-lookup path, reach the broker: the connection's negotiated heartbeat is the
+/// variable's, and the consumer gets no more unacked deliveries than its prefetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_and_prefetch_variables_reach_the_broker() {
+    let settings = asyncworker_amqp::AmqpSettings::from_lookup(|name| match name {
+        "ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT" => Some("9".to_owned()),
+        "ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT" => Some("3".to_owned()),
+        _ => None,
+    })
+    .expect("valid settings");
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "env-heartbeat").await;
+    publish_n(&conn, &q, 5).await;
+    let name = unique_name("env-heartbeat");
+    let config = asyncworker_amqp::AmqpConfigBuilder::with_settings(&settings)
+        .url(&amqp_url())
+        .connection_name(&name)
+        .build()
+        .unwrap();
+    let (mut stream, shutdown, _) = start(
+        AmqpSource::builder(config, [q.as_str()]).build().unwrap(),
+        "env-heartbeat",
+    );
+    let first = next_messages(&mut stream, 3, 10).await;
+    let seen = connections_named(&name).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].timeout, 9,
+        "the heartbeat from the variable: {seen:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stream.next())
+            .await
+            .is_err(),
+        "a 4th delivery came past the prefetch of 3"
+    );
+    for m in &first {
+        m.settlement().settle(Action::Ack).unwrap();
+    }
+    let rest = next_messages(&mut stream, 2, 10).await;
+    for m in &rest {
+        m.settlement().settle(Action::Ack).unwrap();
+    }
+    stop_drained(stream, shutdown, &conn, &[&q]).await;
+}
+
+/// An ack held back by the coalescing window when the connection is lost cannot be sent: it
+/// is counted as a failed settlement (the broker redelivers the message), not dropped
+/// silently. Deterministic as its sibling above: the ack is queued and the connection closed
+/// (by the broker, from another thread) while this current-thread runtime is blocked.
+#[tokio::test]
+async fn acks_held_back_when_the_connection_is_lost_are_counted() {
+    install_metrics();
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "lost-acks").await;
+    publish_n(&conn, &q, 10).await;
+    let name = unique_name("lost-acks");
+    let src = AmqpSource::builder(
+        config()
+            .prefetch(10)
+            .connection_name(&name)
+            .build()
+            .unwrap(),
+        [q.as_str()],
+    )
+    .build()
+    .unwrap();
+    let (mut stream, shutdown, _) = start(src, "lost-acks");
+    let batch = next_messages(&mut stream, 10, 10).await;
+    let failed = || {
+        counter(
+            "asyncworker_amqp_settle_failures_total",
+            &[
+                ("queue", q.as_str()),
+                ("action", "ack"),
+                ("reason", "channel_closed"),
+            ],
+        )
+    };
+    assert_eq!(failed(), 0);
+
+    batch[0].settlement().settle(Action::Ack).unwrap();
+    let closing = name.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                assert_eq!(
+                    close_connections_named(&closing, "test: connection lost").await,
+                    1
+                );
+            });
+    })
+    .join()
+    .unwrap();
+    // lapin's I/O thread learns of the close meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+
+    wait_until(Duration::from_secs(10), || async { failed() == 1 })
+        .await
+        .expect("the held-back ack to be counted as not sent");
+    drop(batch);
+    shutdown.trigger();
+    drop(stream);
 }

@@ -298,7 +298,19 @@ async fn publisher_reconnects_after_the_broker_closes_its_connection() {
         .await
         .expect("confirmed");
 
+    let old = connections_named(&name).await;
+    assert_eq!(old.len(), 1, "one publisher connection: {old:?}");
     assert_eq!(close_connections_named(&name, "publisher test").await, 1);
+    // The old connection is really gone (the broker's name for it names its client port)
+    // before the publish that must recover.
+    wait_until(Duration::from_secs(10), || async {
+        !connections_named(&name)
+            .await
+            .iter()
+            .any(|c| c.name == old[0].name)
+    })
+    .await
+    .expect("the closed connection to be gone");
     // Publishes right after the close may fail while the client learns of it; within a few
     // seconds one succeeds on a new connection.
     wait_until(Duration::from_secs(15), || async {
@@ -311,6 +323,34 @@ async fn publisher_reconnects_after_the_broker_closes_its_connection() {
     })
     .await
     .expect("exactly one live publisher connection");
+}
+
+/// A queue that refuses every message (`x-max-length=0`, `x-overflow=reject-publish`) nacks
+/// each publish: the publisher reports `Nacked`, never `Ok`.
+#[tokio::test]
+async fn a_nacked_publish_is_a_nacked_error() {
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let spec = QueueSpec {
+        max_length: Some(0),
+        overflow: Some("reject-publish"),
+        ..QueueSpec::default()
+    };
+    let queue = TestQueue::declare_with(&connection, "publish-nacked", &spec).await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+    for _ in 0..3 {
+        match publisher.publish_bytes("", &queue, "refused").await {
+            Err(PublishError::Nacked {
+                exchange,
+                routing_key,
+            }) => assert_eq!(
+                (exchange.as_str(), routing_key.as_str()),
+                ("", queue.as_str())
+            ),
+            other => panic!("expected a nack, got {other:?}"),
+        }
+    }
+    assert_eq!(message_count(&connection, &queue).await, 0);
 }
 
 #[tokio::test]
@@ -532,6 +572,12 @@ async fn publishes_over_tls_with_a_verified_broker_and_a_client_certificate() {
         .await
         .expect_err("the broker's certificate is not signed by that CA");
     assert!(matches!(error, PublishError::Connect(_)), "{error:?}");
+    // ... for that reason, not any connect error: the cause names the certificate.
+    let chain = error_chain(&error);
+    assert!(
+        chain.contains("invalid peer certificate") && chain.contains("UnknownIssuer"),
+        "{chain}"
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@
 //!
 //! 1. **Marking.** The handler may call [`Message::accept`], [`Message::reject`],
 //!    [`Message::requeue`] or [`Message::reject_with`]. Marks only record an intent; the last
-//!    one wins.
+//!    one wins. Marks belong to an attempt: when [`Retry`](crate::retry::Retry) runs the
+//!    batch again, every mark of the failed attempt is cleared first, so the outcome is
+//!    decided by the last attempt alone (its marks, else the policy for its result).
 //! 2. **Settling.** After the batch completes, the [`Ack`](crate::ack::Ack) layer settles
 //!    every message exactly once: with its mark if it has one (a mark beats the handler's
 //!    error), else with the route's policy.
@@ -241,6 +243,11 @@ impl Settlement {
     /// Record the handler's intent. The last mark wins.
     pub fn mark(&self, action: Action) {
         self.slot.mark().store(action.to_u8(), Ordering::Release);
+    }
+
+    /// Forget the mark: [`Retry`](crate::retry::Retry) does so before each new attempt.
+    pub(crate) fn clear_mark(&self) {
+        self.slot.mark().store(NO_MARK, Ordering::Release);
     }
 
     /// The current mark, if the handler made one.

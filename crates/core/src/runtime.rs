@@ -14,7 +14,10 @@
 //! - when the [`Shutdown`] signal fires it stops intake, lets partial batches flush (the
 //!   [`Bulk`](crate::bulk::Bulk) layer watches the same signal), waits for in-flight work up
 //!   to the grace period, and drops what is still running — dropped batches requeue their
-//!   messages.
+//!   messages. Then it waits for the source's background work (its last settlements) within
+//!   what is left of the grace period; when work was abandoned, up to one second more (at
+//!   most the grace period), so the acks of work that finished just before the deadline and
+//!   the requeues of the abandoned work still reach the broker.
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -33,6 +36,10 @@ use crate::{BoxError, Error, Shutdown, Source, SourceContext};
 
 /// The default grace period for in-flight work at shutdown: 30 seconds.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// How long a source's background work (sending the last settlements) may take after the
+/// grace period ran out with work abandoned; never more than the grace period itself.
+const SETTLE_ALLOWANCE: Duration = Duration::from_secs(1);
 
 /// The default in-flight limit when neither the route nor the source sets one.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 128;
@@ -308,13 +315,15 @@ where
         .await;
         // Dropping the stream stops the source; what it spawned in the background still has
         // settlements to send and connections to close. Wait for that, within the grace period
-        // (none is left when it already ran out), so returning does not cut it off.
+        // — and when it ran out, a moment more ([`SETTLE_ALLOWANCE`]): work that finished
+        // just before the deadline has its acks still on their way, and the abandoned
+        // batches their requeues — so returning does not cut them off.
         drop(stream);
         background.close();
         if !background.is_empty() {
             let bound = match deadline {
                 Some(timer) if report.abandoned == 0 => timer,
-                Some(_) => Box::pin(tokio::time::sleep(Duration::ZERO)),
+                Some(_) => Box::pin(tokio::time::sleep(grace.min(SETTLE_ALLOWANCE))),
                 None => Box::pin(tokio::time::sleep(grace)),
             };
             tokio::select! {

@@ -265,18 +265,22 @@ async fn shutdown_hooks_run_after_work_past_the_grace_period_is_requeued() {
     }
     let t0 = Instant::now();
 
+    // Clones kept outside the batch future (as by work the handler spawned): the requeue
+    // must come from the abandoned future, not from the last clone going away.
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let keep = kept.clone();
     let mut app = quiet_app();
     app.grace_period(secs(2));
-    app.route(
-        "r",
-        queue.source(),
-        |batch: Vec<MemoryMessage>| async move {
+    app.route("r", queue.source(), move |batch: Vec<MemoryMessage>| {
+        let keep = keep.clone();
+        async move {
             if batch.iter().any(|m| text(m) == "stuck") {
+                keep.lock().unwrap().extend(batch.iter().cloned());
                 std::future::pending::<()>().await;
             }
             Ok::<(), BoxError>(())
-        },
-    )
+        }
+    })
     .bulk_size(2);
     let shutdown_saw = Arc::new(Mutex::new(None));
     app.on_shutdown({
@@ -315,6 +319,7 @@ async fn shutdown_hooks_run_after_work_past_the_grace_period_is_requeued() {
         Some(0),
         "hooks run after settlement"
     );
+    assert_eq!(kept.lock().unwrap().len(), 2, "the clones are still alive");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -724,4 +729,40 @@ async fn health_is_ready_only_while_routes_run_and_before_shutdown() {
     assert!(!health.is_ready());
     assert!(!health.is_live(), "not live once stopped");
     assert_eq!(queue.settlement(MessageId(0)), Some(Action::Ack));
+}
+
+/// `ASYNCWORKER_FLUSH_TIMEOUT`, read through the environment-lookup path, is the flush
+/// interval of a route that sets none: a lone message of a bulk-10 route reaches the handler
+/// after 0.5 s, not after the 60 s default.
+#[tokio::test(start_paused = true)]
+async fn the_flush_timeout_variable_sets_the_flush_interval_of_a_route() {
+    let settings = Settings::from_lookup(|name| {
+        (name == "ASYNCWORKER_FLUSH_TIMEOUT").then(|| "0.5".to_owned())
+    })
+    .expect("valid settings");
+    let queue = MemoryQueue::new();
+    queue.push_bytes("alone");
+    let t0 = Instant::now();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let mut app = quiet_app();
+    app.with_settings(settings);
+    app.route(
+        "env-flush",
+        queue.source(),
+        move |batch: Vec<MemoryMessage>| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push((t0.elapsed(), batch.len()));
+                Ok::<(), BoxError>(())
+            }
+        },
+    )
+    .bulk_size(10);
+    let handle = app.shutdown_handle();
+    let run = tokio::spawn(app.run());
+    sleep(secs(5)).await;
+    handle.trigger();
+    run.await.expect("no panic").expect("clean shutdown");
+    assert_eq!(*seen.lock().unwrap(), vec![(Duration::from_millis(500), 1)]);
 }

@@ -405,3 +405,34 @@ async fn a_closure_hook_sees_each_batch_once_not_each_message() {
         }
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_interval_of_duration_max_means_never_flush_on_time() {
+    // `Duration::MAX` is a natural way to say "flush on size and shutdown only"; adding it to
+    // `Instant::now()` overflowed and panicked in `Bulk::call`.
+    let queue = MemoryQueue::new();
+    let seen = Seen::new();
+    let shutdown = Shutdown::new();
+    let layer = BulkLayer::new(2)
+        .expect("valid size")
+        .flush_interval(Duration::MAX)
+        .with_shutdown(shutdown.clone());
+    let mut stack = stack(layer, seen.handler());
+
+    let a = submit(&mut stack, deliver(&queue).await).await;
+    let b = submit(&mut stack, deliver(&queue).await).await;
+    a.await.expect("no panic").expect("batch ok");
+    b.await.expect("no panic").expect("batch ok");
+    assert_eq!(
+        seen.batches(),
+        vec![(Duration::ZERO, vec![MessageId(0), MessageId(1)])]
+    );
+
+    // A lone message waits (a year is "never" here) until shutdown flushes it.
+    let c = submit(&mut stack, deliver(&queue).await).await;
+    advance(secs(365 * 24 * 3600)).await;
+    assert_eq!(seen.batches().len(), 1, "no flush on time");
+    shutdown.trigger();
+    c.await.expect("no panic").expect("batch ok");
+    assert_eq!(seen.batches()[1].1, vec![MessageId(2)]);
+}

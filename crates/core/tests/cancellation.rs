@@ -53,6 +53,9 @@ async fn dropping_an_in_flight_ack_future_requeues_its_messages() {
     let queue = MemoryQueue::new();
     let (ids, messages) = deliver(&queue, 3).await;
     let calls = Arc::new(AtomicUsize::new(0));
+    // Clones outside the future (as a handler that spawned work would keep): the requeue
+    // must come from the dropped future, not from the last clone going away.
+    let kept = messages.clone();
     let mut ack = AckLayer::new().layer(stuck_handler(calls.clone()));
     let mut future = Box::pin(ack.ready().await.expect("ready").call(messages));
     assert!(poll_once(&mut future).is_pending());
@@ -65,6 +68,7 @@ async fn dropping_an_in_flight_ack_future_requeues_its_messages() {
         assert_eq!(queue.settlement_history(id), vec![Action::Requeue]);
     }
     assert_eq!(queue.outstanding(), 0);
+    drop(kept);
 }
 
 #[tokio::test(start_paused = true)]
@@ -75,6 +79,8 @@ async fn dropping_the_message_futures_of_a_running_batch_requeues_its_messages()
     let mut bulk = BulkLayer::new(2)
         .expect("valid bulk size")
         .layer(AckLayer::new().layer(stuck_handler(calls.clone())));
+    // Clones outside, so the requeue must come from the dropped futures.
+    let kept = messages.clone();
     let mut futures = Vec::new();
     for message in messages {
         futures.push(Box::pin(bulk.ready().await.expect("ready").call(message)));
@@ -91,6 +97,7 @@ async fn dropping_the_message_futures_of_a_running_batch_requeues_its_messages()
     }
     assert_eq!(queue.outstanding(), 0);
     drop(bulk);
+    drop(kept);
 }
 
 /// The futures of a batch still filling go away while the `Bulk` service lives on (a caller
@@ -104,6 +111,8 @@ async fn dropping_the_message_futures_of_a_filling_batch_requeues_its_messages()
     let mut bulk = BulkLayer::new(3)
         .expect("valid bulk size")
         .layer(AckLayer::new().layer(stuck_handler(calls.clone())));
+    // No clone outside here: a filling batch never reached a handler, and its buffered
+    // messages are requeued by dropping them (their last clones) when its futures go.
     let mut messages = messages.into_iter();
     let mut futures = Vec::new();
     for message in messages.by_ref().take(2) {

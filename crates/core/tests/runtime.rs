@@ -215,13 +215,21 @@ async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
     for p in ["fast", "stuck", "stuck", "fast"] {
         queue.push_bytes(p);
     }
-    let handler = service_fn(|batch: Vec<MemoryMessage>| async move {
-        if batch.iter().any(|m| m.payload().as_ref() == b"stuck") {
-            // Marks of a batch that never concludes do not count.
-            batch.iter().for_each(Message::accept);
-            std::future::pending::<()>().await;
+    // Clones kept outside the batch future (as by work the handler spawned): the requeue
+    // must come from the abandoned future, not from the last clone going away.
+    let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = kept.clone();
+    let handler = service_fn(move |batch: Vec<MemoryMessage>| {
+        let keep = keep.clone();
+        async move {
+            if batch.iter().any(|m| m.payload().as_ref() == b"stuck") {
+                keep.lock().unwrap().extend(batch.iter().cloned());
+                // Marks of a batch that never concludes do not count.
+                batch.iter().for_each(Message::accept);
+                std::future::pending::<()>().await;
+            }
+            Ok::<(), BoxError>(())
         }
-        Ok::<(), BoxError>(())
     });
     let shutdown = Shutdown::new();
     let stack = ServiceBuilder::new()
@@ -260,6 +268,7 @@ async fn a_handler_stuck_past_the_grace_period_has_its_messages_requeued() {
         );
     }
     assert_eq!(queue.outstanding(), 0, "nothing unsettled afterwards");
+    assert_eq!(kept.lock().unwrap().len(), 2, "the clones are still alive");
 }
 
 /// A `Service<M>` that takes one message, then fails in `poll_ready`.
@@ -301,12 +310,18 @@ async fn a_failed_service_gives_its_stuck_work_the_grace_period_not_forever() {
     let queue = MemoryQueue::new();
     queue.push_bytes("stuck");
     queue.push_bytes("never taken");
+    let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = kept.clone();
     let stack = ServiceBuilder::new()
         .bulk(BulkLayer::new(1).expect("valid size"))
         .ack(AckLayer::new())
-        .service(service_fn(|_: Vec<MemoryMessage>| async {
-            std::future::pending::<()>().await;
-            Ok::<(), BoxError>(())
+        .service(service_fn(move |batch: Vec<MemoryMessage>| {
+            // A clone kept outside: the requeue must come from the abandoned future.
+            keep.lock().unwrap().extend(batch.iter().cloned());
+            async {
+                std::future::pending::<()>().await;
+                Ok::<(), BoxError>(())
+            }
         }));
     let start = Instant::now();
     let outcome = Worker::new(
@@ -327,6 +342,7 @@ async fn a_failed_service_gives_its_stuck_work_the_grace_period_not_forever() {
         [Some(Action::Requeue), None],
         "the stuck message is requeued; the other was never delivered"
     );
+    assert_eq!(kept.lock().unwrap().len(), 1, "its clone is still alive");
 }
 
 #[tokio::test(start_paused = true)]

@@ -315,10 +315,10 @@ async fn full_matrix_settles_every_message_exactly_once() {
     }
 }
 
-/// With Retry between Ack and the handler, marks survive the attempts, the error reaches Ack
-/// after the last one, and nothing is settled more than once.
+/// With Retry between Ack and the handler, the marks of the last attempt stand, the error
+/// reaches Ack after the last one, and nothing is settled more than once.
 #[tokio::test(start_paused = true)]
-async fn error_after_retries_reaches_ack_and_marks_survive_attempts() {
+async fn error_after_retries_reaches_ack_and_marks_of_the_last_attempt_stand() {
     let queue = MemoryQueue::new();
     let ids: Vec<MessageId> = [Mark::None, Mark::Reject]
         .iter()
@@ -340,10 +340,9 @@ async fn error_after_retries_reaches_ack_and_marks_survive_attempts() {
         .service(service_fn(move |batch: Vec<MemoryMessage>| {
             let counter = counter.clone();
             async move {
-                // Marks only on the first attempt: later attempts must still see them.
-                if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                    batch.iter().for_each(Mark::apply);
-                }
+                // Marks are cleared before each retry: a handler marks in every attempt.
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                batch.iter().for_each(Mark::apply);
                 Err::<(), BoxError>("still failing".into())
             }
         }));
@@ -386,4 +385,52 @@ async fn a_message_the_handler_settled_itself_is_not_settled_again_nor_counted_a
     assert_eq!(queue.settlement_history(id), vec![Action::Reject]);
     let failures = recorded.counter("asyncworker_settle_failures_total", &[]);
     assert_eq!(failures, 0);
+}
+
+/// Marks belong to an attempt: a retry starts from no marks, so a mark made by a failed
+/// attempt does not outlive it. Attempt 1 marks the first message `requeue()` and the second
+/// `accept()` and fails; attempt 2 marks nothing and succeeds: both are acked by policy, and
+/// a mark made by the last attempt (the third message's `reject()`) stands.
+#[tokio::test(start_paused = true)]
+async fn marks_of_a_failed_attempt_do_not_survive_a_successful_retry() {
+    let queue = MemoryQueue::new();
+    let ids: Vec<MessageId> = ["a", "b", "c"]
+        .iter()
+        .map(|body| queue.push_bytes(*body))
+        .collect();
+    queue.close();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let config = RetryConfig::builder()
+        .max_attempts(2)
+        .initial_delay(Duration::from_millis(10))
+        .jitter(Jitter::None)
+        .build()
+        .expect("valid retry config");
+    let stack = ServiceBuilder::new()
+        .bulk(BulkLayer::new(3).expect("valid bulk size"))
+        .ack(AckLayer::new().on_error(Action::Reject))
+        .retry_batches(RetryLayer::new(config))
+        .service(service_fn(move |batch: Vec<MemoryMessage>| {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    batch[0].requeue();
+                    batch[1].accept();
+                    return Err::<(), BoxError>("attempt 1 failed".into());
+                }
+                batch[2].reject();
+                Ok(())
+            }
+        }));
+    let report = Worker::new(queue.source(), stack)
+        .max_in_flight(3)
+        .run()
+        .await
+        .expect("worker runs");
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(report.failed, 0);
+    assert_eq!(queue.settlement_history(ids[0]), vec![Action::Ack]);
+    assert_eq!(queue.settlement_history(ids[1]), vec![Action::Ack]);
+    assert_eq!(queue.settlement_history(ids[2]), vec![Action::Reject]);
 }

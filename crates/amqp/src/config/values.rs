@@ -209,16 +209,21 @@ impl AmqpConfig {
         }
     }
 
-    /// A copy with `name` as the connection name when none is set.
-    pub(crate) fn named_if_unnamed(&self, name: &str) -> AmqpConfig {
-        if self.inner.common.connection_name.is_some() {
-            return self.clone();
-        }
+    /// A copy with `name` as the connection name.
+    pub(crate) fn renamed(&self, name: &str) -> AmqpConfig {
         let mut inner = (*self.inner).clone();
         inner.common.connection_name = Some(name.to_owned());
         AmqpConfig {
             inner: Arc::new(inner),
         }
+    }
+
+    /// A copy with `name` as the connection name when none is set.
+    pub(crate) fn named_if_unnamed(&self, name: &str) -> AmqpConfig {
+        if self.inner.common.connection_name.is_some() {
+            return self.clone();
+        }
+        self.renamed(name)
     }
 }
 

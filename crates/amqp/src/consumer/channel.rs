@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use asyncworker_core::Action;
+use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
-use lapin::{Channel, Connection};
 use tokio::sync::mpsc;
 
+use super::TailPublisher;
 use crate::message::{Delivery, QueueMeta};
 use crate::settle::{Cmd, Outstanding, count_failure};
 
@@ -15,10 +16,9 @@ pub(super) const MAX_BATCH: usize = 4096;
 
 /// The channel task's state.
 pub(super) struct ChannelState {
-    pub(super) conn: Arc<Connection>,
     pub(super) channel: Channel,
-    /// A channel in confirm mode for requeue-tail copies, opened on first use.
-    pub(super) publisher: Option<Channel>,
+    /// The route's publisher of requeue-tail copies.
+    pub(super) tail: Arc<TailPublisher>,
     pub(super) outstanding: Outstanding,
     pub(super) tx: mpsc::UnboundedSender<Cmd>,
     pub(super) queue: Arc<QueueMeta>,
@@ -120,6 +120,59 @@ impl ChannelState {
             }
         }
         Ok(false)
+    }
+
+    /// The channel's service ended: send the requests still queued (`batch`) and the acks
+    /// held back for coalescing if the channel can carry them (`usable`, and lapin says it
+    /// is open), else log and count them as not sent; their deliveries are redelivered.
+    pub(super) async fn flush_at_end(&mut self, batch: &mut Vec<Cmd>, usable: bool) {
+        let held = self.outstanding.wanted();
+        if batch.is_empty() && held == 0 {
+            return;
+        }
+        if usable && self.channel.status().connected() {
+            let requests = batch.len();
+            // A failure is counted by `process` for what it was sending, and below for the
+            // acks it did not reach.
+            if self.process(batch, 0).await.is_ok() {
+                tracing::debug!(
+                    queue = %self.queue.name,
+                    acks = held,
+                    requests,
+                    "acknowledgements held back sent before closing the channel",
+                );
+            }
+        } else {
+            for cmd in batch.drain(..) {
+                if let Cmd::Settle(d, action) = cmd {
+                    tracing::warn!(
+                        queue = %self.queue.name,
+                        delivery_tag = d.delivery_tag,
+                        %action,
+                        "settlement not sent: the channel closed first; the broker redelivers \
+                         the message",
+                    );
+                    count_failure(&self.queue.name, action, "channel_closed");
+                }
+            }
+        }
+        let plan = self.outstanding.take_plan();
+        let lost = plan.upto.map_or(0, |(_, n)| n) + plan.singles.len();
+        if lost > 0 {
+            tracing::warn!(
+                queue = %self.queue.name,
+                count = lost,
+                "acknowledgements not sent: the channel closed first; the broker redelivers \
+                 the messages",
+            );
+            metrics::counter!(
+                "asyncworker_amqp_settle_failures_total",
+                "queue" => self.queue.name.to_string(),
+                "action" => Action::Ack.as_str(),
+                "reason" => "channel_closed",
+            )
+            .increment(lost as u64);
+        }
     }
 
     /// `n` settlements with `action` could not be sent because of `error`.

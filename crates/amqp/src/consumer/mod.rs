@@ -16,6 +16,7 @@ use asyncworker_core::{Backoff, Readiness};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use queue::QueueTask;
+pub(crate) use tail::TailPublisher;
 
 use crate::error::{AmqpError, Endpoint};
 use crate::message::AmqpMessage;
@@ -31,6 +32,8 @@ pub(crate) struct RouteShared {
     /// Failed connection attempts in a row before giving up (`None`: never).
     pub(crate) max_attempts: Option<u32>,
     pub(crate) requeue_tail_cap: Option<u64>,
+    /// The publisher of requeue-tail copies, on a connection of its own.
+    pub(crate) tail: Arc<TailPublisher>,
     /// Graceful stop: the runtime's shutdown, or the stream being dropped.
     pub(crate) stop: CancellationToken,
     pub(crate) readiness: Readiness,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use asyncworker_core::Settlement;
+use asyncworker_core::{Action, Settlement};
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -17,7 +17,7 @@ use super::channel::{ChannelState, MAX_BATCH};
 use super::{Item, RouteShared};
 use crate::error::AmqpError;
 use crate::message::{AmqpMessage, Delivery, QueueMeta};
-use crate::settle::{AmqpSettle, ChannelLife, Cmd, Outstanding, count_failure};
+use crate::settle::{AmqpSettle, ChannelLife, Cmd, Outstanding};
 
 /// How long a consumer cancellation may take at shutdown.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -177,9 +177,8 @@ impl QueueTask {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let life = Arc::new(ChannelLife::new(self.connection_lost.clone(), generation));
         let mut ch = ChannelState {
-            conn: self.conn.clone(),
             channel,
-            publisher: None,
+            tail: self.shared.tail.clone(),
             outstanding: Outstanding::default(),
             tx,
             queue: self.queue.clone(),
@@ -314,27 +313,24 @@ impl QueueTask {
         if consuming {
             self.shared.consuming_changed(-1);
         }
-        // Requests that were queued but will never be sent: their deliveries go back to the
-        // queue with the channel.
+        // Requests queued and acks held back for coalescing: sent while the channel still
+        // works (the broker cancelled the consumer, say), else counted as not sent (their
+        // deliveries go back to the queue with the channel).
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
-            if let Cmd::Settle(d, action) = cmd {
-                tracing::warn!(
-                    queue = %self.queue.name,
-                    delivery_tag = d.delivery_tag,
-                    %action,
-                    "settlement not sent: the channel closed first; the broker redelivers the message",
-                );
-                count_failure(&self.queue.name, action, "channel_closed");
-            }
+            batch.push(match cmd {
+                // No copy now: the original is requeued (the copy's confirmation would come
+                // to a closed channel task).
+                Cmd::Settle(d, Action::RequeueTail) => Cmd::Settle(d, Action::Requeue),
+                cmd => cmd,
+            });
         }
-        if matches!(ended, Ended::Shutdown | Ended::Channel(_)) {
-            if let Some(p) = ch.publisher.take() {
-                let _ = p.close(200, "OK".into()).await;
-            }
-            if let Err(e) = ch.channel.close(200, "OK".into()).await {
-                tracing::debug!(queue = %self.queue.name, error = %e, "channel close failed");
-            }
+        ch.flush_at_end(&mut batch, !matches!(ended, Ended::ConnectionLost))
+            .await;
+        if matches!(ended, Ended::Shutdown | Ended::Channel(_))
+            && let Err(e) = ch.channel.close(200, "OK".into()).await
+        {
+            tracing::debug!(queue = %self.queue.name, error = %e, "channel close failed");
         }
         ended
     }

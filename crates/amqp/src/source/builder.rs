@@ -33,9 +33,11 @@ use crate::error::AmqpError;
 ///
 /// A message marked [`Action::RequeueTail`] is copied to the tail of its queue (default
 /// exchange, routing key = queue name, same properties and headers, the
-/// [`REQUEUE_COUNT_HEADER`](crate::REQUEUE_COUNT_HEADER) incremented) on a confirm-mode
-/// channel of the same connection; the original is acked only once the broker confirmed the
-/// copy. When the copy cannot be published (unroutable, nacked, not confirmed within 30 s), the
+/// [`REQUEUE_COUNT_HEADER`](crate::REQUEUE_COUNT_HEADER) incremented) on a connection of its
+/// own (`<connection name> (requeue-tail copies)`, opened on first use, within 10 s), one copy
+/// at a time: under a memory or disk alarm the broker blocks a connection that publishes, and
+/// the consuming connection must keep carrying the acks of every queue of the route. The
+/// original is acked only once the broker confirmed the copy. When the copy cannot be published (unroutable, nacked, not confirmed within 30 s), the
 /// original is requeued instead: nothing is lost. Past the
 /// [`requeue_tail_cap`](AmqpSourceBuilder::requeue_tail_cap), the message is rejected
 /// (dead-lettered) instead.
@@ -49,8 +51,10 @@ use crate::error::AmqpError;
 /// `asyncworker_amqp_connection_state{route, host, vhost}` (1 connected, 0 not),
 /// `asyncworker_amqp_reconnects_total{host}` (connection attempts after a failure or a lost
 /// connection), `asyncworker_amqp_connection_failures_total{host, kind}`,
-/// `asyncworker_amqp_connection_blocked_total{host}` and
-/// `asyncworker_amqp_connection_blocked{route, host}`,
+/// `asyncworker_amqp_connection_blocked_total{host}`,
+/// `asyncworker_amqp_connection_unblocked_total{host}` and
+/// `asyncworker_amqp_connection_blocked{route, host}` (the consuming connection's and that of
+/// the requeue-tail copies),
 /// `asyncworker_amqp_consume_failures_total{queue, kind}`,
 /// `asyncworker_amqp_settlements_total{queue, action}` (settlements requested on a live
 /// channel), `asyncworker_amqp_settle_failures_total{queue, action, reason}`,

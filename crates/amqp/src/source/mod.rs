@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 pub use builder::{AmqpSource, AmqpSourceBuilder};
 pub use stream::AmqpStream;
+pub(crate) use supervisor::BlockWatch;
 
 use crate::AmqpError;
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AmqpSource;
 use super::supervisor::Supervisor;
-use crate::consumer::{Item, RouteShared};
+use crate::consumer::{Item, RouteShared, TailPublisher};
 use crate::error::AmqpError;
 use crate::message::{AmqpMessage, QueueMeta};
 
@@ -29,13 +29,21 @@ impl Source for AmqpSource {
     fn into_stream(self, cx: SourceContext) -> AmqpStream {
         let stop = CancellationToken::new();
         let (tx, rx) = mpsc::unbounded_channel();
+        // Name the connection after the route unless the configuration names it, so the
+        // broker's connection list says which route each connection serves.
+        let config = self
+            .config
+            .named_if_unnamed(&format!("asyncworker route {}", cx.route()));
+        let route: Arc<str> = cx.route().into();
+        let endpoint = self.config.endpoint(&self.vhost);
         let shared = Arc::new(RouteShared {
-            route: cx.route().into(),
-            endpoint: self.config.endpoint(&self.vhost),
+            route: route.clone(),
+            endpoint: endpoint.clone(),
             prefetch: self.config.prefetch(),
             backoff: *self.config.reconnect(),
             max_attempts: self.config.max_reconnect_attempts(),
             requeue_tail_cap: self.requeue_tail_cap,
+            tail: Arc::new(TailPublisher::new(&config, endpoint, route)),
             stop: stop.clone(),
             readiness: cx.readiness().clone(),
             consuming: AtomicUsize::new(0),
@@ -54,11 +62,6 @@ impl Source for AmqpSource {
                 })
             })
             .collect();
-        // Name the connection after the route unless the configuration names it, so the
-        // broker's connection list says which route each connection serves.
-        let config = self
-            .config
-            .named_if_unnamed(&format!("asyncworker route {}", cx.route()));
         let supervisor = Supervisor {
             shared,
             config,

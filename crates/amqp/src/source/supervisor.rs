@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Callback;
 use crate::config::AmqpConfig;
 use crate::consumer::{Item, QueueTask, RouteShared};
-use crate::error::AmqpError;
+use crate::error::{AmqpError, Endpoint};
 use crate::message::QueueMeta;
 
 /// How often the supervisor checks the connection's state, besides lapin's events.
@@ -180,6 +180,7 @@ impl Supervisor {
         }
         self.shared.readiness.set(false);
         self.gauge(false);
+        self.shared.tail.close().await;
         tracing::debug!(route = %self.shared.route, "AMQP source stopped");
     }
 
@@ -269,40 +270,14 @@ impl Supervisor {
 /// Log and count the connection's events; notice its loss.
 async fn watch_events(conn: Arc<Connection>, lost: CancellationToken, shared: Arc<RouteShared>) {
     let mut events = conn.events_listener();
-    let host = shared.endpoint.host().to_owned();
-    let blocked = metrics::gauge!(
-        "asyncworker_amqp_connection_blocked",
-        "route" => shared.route.to_string(),
-        "host" => host.clone(),
-    );
-    blocked.set(0.0);
+    let watch = BlockWatch::new(&shared.route, &shared.endpoint, "consuming");
     loop {
         let event = tokio::select! {
             () = lost.cancelled() => break,
             e = events.next() => match e { Some(e) => e, None => break },
         };
         match event {
-            Event::ConnectionBlocked(reason) => {
-                tracing::warn!(
-                    route = %shared.route,
-                    host = %host,
-                    vhost = %shared.endpoint.vhost(),
-                    %reason,
-                    "the broker blocked the connection (resource alarm): publishing stalls",
-                );
-                metrics::counter!("asyncworker_amqp_connection_blocked_total", "host" => host.clone())
-                    .increment(1);
-                blocked.set(1.0);
-            }
-            Event::ConnectionUnblocked => {
-                tracing::info!(
-                    route = %shared.route,
-                    host = %host,
-                    vhost = %shared.endpoint.vhost(),
-                    "the broker unblocked the connection",
-                );
-                blocked.set(0.0);
-            }
+            Event::ConnectionBlocked(_) | Event::ConnectionUnblocked => watch.event(&event),
             Event::Error(error) if !conn.status().connected() => {
                 tracing::debug!(route = %shared.route, %error, "connection error");
                 shared.note_loss(|| error.to_string());
@@ -311,5 +286,75 @@ async fn watch_events(conn: Arc<Connection>, lost: CancellationToken, shared: Ar
             _ => {}
         }
     }
-    blocked.set(0.0);
+}
+
+/// The blocked and unblocked events of one of a route's connections (the consuming one, or
+/// the one of its requeue-tail copies): logged, counted in
+/// `asyncworker_amqp_connection_blocked_total{host}` and
+/// `asyncworker_amqp_connection_unblocked_total{host}`, and shown by
+/// `asyncworker_amqp_connection_blocked{route, host}`.
+pub(crate) struct BlockWatch {
+    route: Arc<str>,
+    host: String,
+    vhost: String,
+    connection: &'static str,
+    gauge: metrics::Gauge,
+}
+
+impl BlockWatch {
+    /// Watch a connection of `route` to `endpoint`; `connection` says which, for logs.
+    pub(crate) fn new(route: &Arc<str>, endpoint: &Endpoint, connection: &'static str) -> Self {
+        let host = endpoint.host().to_owned();
+        let gauge = metrics::gauge!(
+            "asyncworker_amqp_connection_blocked",
+            "route" => route.to_string(),
+            "host" => host.clone(),
+        );
+        gauge.set(0.0);
+        BlockWatch {
+            route: route.clone(),
+            host,
+            vhost: endpoint.vhost().to_owned(),
+            connection,
+            gauge,
+        }
+    }
+
+    /// Record `event` if it is a block or an unblock.
+    pub(crate) fn event(&self, event: &Event) {
+        match event {
+            Event::ConnectionBlocked(reason) => {
+                tracing::warn!(
+                    route = %self.route,
+                    host = %self.host,
+                    vhost = %self.vhost,
+                    connection = self.connection,
+                    %reason,
+                    "the broker blocked the connection (resource alarm): publishing stalls",
+                );
+                metrics::counter!("asyncworker_amqp_connection_blocked_total", "host" => self.host.clone())
+                    .increment(1);
+                self.gauge.set(1.0);
+            }
+            Event::ConnectionUnblocked => {
+                tracing::info!(
+                    route = %self.route,
+                    host = %self.host,
+                    vhost = %self.vhost,
+                    connection = self.connection,
+                    "the broker unblocked the connection",
+                );
+                metrics::counter!("asyncworker_amqp_connection_unblocked_total", "host" => self.host.clone())
+                    .increment(1);
+                self.gauge.set(0.0);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for BlockWatch {
+    fn drop(&mut self) {
+        self.gauge.set(0.0);
+    }
 }

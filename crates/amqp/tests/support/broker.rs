@@ -65,6 +65,8 @@ pub struct QueueSpec {
     pub transient: bool,
     /// `x-max-length`, if any.
     pub max_length: Option<u32>,
+    /// `x-overflow` (`reject-publish`: a full queue nacks publishes), if any.
+    pub overflow: Option<&'static str>,
 }
 
 impl QueueSpec {
@@ -97,6 +99,12 @@ impl QueueSpec {
         }
         if let Some(max) = self.max_length {
             args.insert(ShortString::from("x-max-length"), AMQPValue::LongUInt(max));
+        }
+        if let Some(overflow) = self.overflow {
+            args.insert(
+                ShortString::from("x-overflow"),
+                AMQPValue::LongString(LongString::from(overflow)),
+            );
         }
         args
     }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -15,16 +16,30 @@ use crate::metrics::Outcome;
 use crate::util::Chain;
 use crate::{Action, BoxError, SettleError, Settlement};
 
+tokio::task_local! {
+    // The settlement slots of the batch whose `Ack` future is polling its inner future, so
+    // that a `Retry` inside it (whatever its request type) can clear their marks before a
+    // new attempt.
+    static BATCH: Arc<[Settlement]>;
+}
+
+/// Clear the marks of the batch an enclosing [`Ack`](super::Ack) is running: called by
+/// [`Retry`](crate::retry::Retry) before each attempt after the first, so marks made by a
+/// failed attempt do not outlive it. Nothing happens outside an `Ack`.
+pub(crate) fn clear_marks_for_retry() {
+    let _ = BATCH.try_with(|batch| batch.iter().for_each(Settlement::clear_mark));
+}
+
 /// The settlement slots of one batch: settled by policy when the batch completes, requeued
 /// when it is dropped first.
 pub(super) struct SettleGuard {
-    settlements: Vec<Settlement>,
+    settlements: Arc<[Settlement]>,
     layer: AckLayer,
     armed: bool,
 }
 
 impl SettleGuard {
-    pub(super) fn new(settlements: Vec<Settlement>, layer: AckLayer) -> Self {
+    pub(super) fn new(settlements: Arc<[Settlement]>, layer: AckLayer) -> Self {
         SettleGuard {
             settlements,
             layer,
@@ -41,7 +56,7 @@ impl SettleGuard {
         self.armed = false;
         let hook = &self.layer.hook;
         let mut counts = [0u64; 4];
-        for settlement in &self.settlements {
+        for settlement in self.settlements.iter() {
             match settle(settlement) {
                 Ok(action) => counts[action.index()] += 1,
                 // Settled already (by hand, in the handler): nothing was lost, nothing to do.
@@ -176,7 +191,10 @@ where
         let mut this = self.project();
         let result: Result<T, (BoxError, Outcome)> = match this.state.as_mut().project() {
             StateProj::Running { future } => {
-                match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                let batch = this.guard.settlements.clone();
+                match catch_unwind(AssertUnwindSafe(|| {
+                    BATCH.sync_scope(batch, || future.poll(cx))
+                })) {
                     Ok(poll) => ready!(poll).map_err(|e| (e.into(), Outcome::Error)),
                     Err(payload) => Err((
                         Box::new(HandlerPanicked::from_payload(&*payload)) as BoxError,

@@ -9,6 +9,9 @@
 //!   `Ok`, or [`AckLayer::on_error`] (default [`Action::Requeue`](crate::Action::Requeue)) when it returned an error
 //!   or panicked.
 //!
+//! With [`Retry`](crate::retry) inside `Ack`, only the marks of the last attempt count: Retry
+//! clears them before each new attempt (see [its docs](crate::retry#marks)).
+//!
 //! A panic in the handler is caught and treated as the batch's error (it comes out as a
 //! [`HandlerPanicked`] error). A batch whose future is dropped before it completes — a
 //! shutdown past its grace period, a cancelled task — has every message requeued, marks
@@ -59,5 +62,6 @@ mod service;
 pub use crate::util::ServiceFailed;
 pub use error::HandlerPanicked;
 pub use future::ResponseFuture;
+pub(crate) use future::clear_marks_for_retry;
 pub use layer::AckLayer;
 pub use service::Ack;

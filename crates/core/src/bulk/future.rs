@@ -86,7 +86,7 @@ where
     S::Error: Into<BoxError>,
 {
     pub(super) fn open(inner: S, config: Arc<Config>, cell: Arc<Cell<M>>) -> Self {
-        let deadline = Instant::now() + config.flush_interval;
+        let deadline = deadline_after(config.flush_interval);
         let state = BatchState::Filling {
             cell: CellGuard(cell),
             timer: tokio::time::sleep_until(deadline),
@@ -114,6 +114,18 @@ where
             into_error: Into::into,
         }
     }
+}
+
+/// About 30 years: the deadline of a flush interval too large to add to `Instant::now()`
+/// (`Duration::MAX` says "never flush on time"), as tokio's own "far future".
+const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+
+/// `now + interval`, saturated to [`FAR_FUTURE`] where the sum overflows (a panic in
+/// `Bulk::call` would requeue the message and, on AMQP, redeliver it in a hot loop).
+fn deadline_after(interval: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(interval)
+        .unwrap_or_else(|| now + FAR_FUTURE)
 }
 
 impl<S: Service<Vec<M>>, M> fmt::Debug for BatchFuture<S, M> {

@@ -83,6 +83,8 @@ impl<M> BulkLayer<M> {
     }
 
     /// Flush a partial batch once its oldest message has waited `interval`.
+    /// `Duration::MAX` (or any interval too large to add to the clock) means never flush on
+    /// time: only on size and shutdown.
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.flush_interval = interval;
         self

@@ -168,6 +168,8 @@ where
                             }
                             Poll::Ready(Ok(())) => {
                                 *this.attempt += 1;
+                                // Marks belong to an attempt: the failed one's are void.
+                                crate::ack::clear_marks_for_retry();
                                 let future = retry.service.call(retry.request.clone());
                                 this.state.set(State::Calling { future });
                                 continue;

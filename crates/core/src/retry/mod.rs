@@ -10,6 +10,17 @@
 //! gives up (attempts exhausted, an error the predicate declines, or shutdown) the *last* error
 //! flows out unchanged, to the [`Ack`](crate::ack) layer's `on_error` policy in a worker stack.
 //!
+//! # Marks
+//!
+//! Marks belong to an attempt. Before each attempt after the first, Retry clears the
+//! [mark](crate::Message::mark) of every message of the batch, so a batch is settled by its
+//! last attempt alone: a `requeue()` made by an attempt that then failed does not override
+//! the success of the next. A handler that wants a mark to stand makes it in the attempt that
+//! decides (a deterministic handler simply marks again). Retry reaches the marks through the
+//! [`Ack`](crate::ack) future that runs it (Ack lends its batch's slots to whatever it polls),
+//! so this holds for any request type and any layers between the two; a Retry that no Ack
+//! runs has no marks to clear. A message the handler *settled* by hand stays settled.
+//!
 //! # Shutdown
 //!
 //! Given a [`Shutdown`](crate::Shutdown) signal ([`RetryLayer::with_shutdown`]), Retry stops retrying once the
