@@ -68,7 +68,7 @@ async fn sigterm_mid_bulk_acks_the_handled_and_returns_the_rest_to_the_queue() {
     // Batches of 10, prefetch 30: three batches of 1.5 s each are in flight when SIGTERM
     // comes with the first one; they finish within the grace period and are acked, and the
     // rest goes back to the queue when the worker closes its channels.
-    let binary = tokio::task::spawn_blocking(|| support::example_binary("amqp_worker", "amqp"))
+    let binary = tokio::task::spawn_blocking(|| support::example_binary("amqp_worker"))
         .await
         .expect("build");
     let url = broker_url();

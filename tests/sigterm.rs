@@ -18,7 +18,7 @@ use support::Worker;
 /// The `memory_worker` example, built once per test binary.
 fn example_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| support::example_binary("memory_worker", ""))
+    BINARY.get_or_init(|| support::example_binary("memory_worker"))
 }
 
 /// The `summary key=value ...` line's numbers.

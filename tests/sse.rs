@@ -15,7 +15,7 @@ use support::{Worker, example_binary};
 
 #[test]
 fn the_example_prints_the_seeds_output_and_exits_0_on_sigterm() {
-    let binary = example_binary("sse_worker", "sse");
+    let binary = example_binary("sse_worker");
     let mut worker = Worker::start(&binary, &[]);
     let first = worker.wait_for("Events received:");
     assert_eq!(
@@ -62,7 +62,7 @@ fn with_sse_url_it_consumes_that_server_with_its_credentials() {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         base
     });
-    let binary = example_binary("sse_worker", "sse");
+    let binary = example_binary("sse_worker");
     let mut worker = Worker::start(
         &binary,
         &[

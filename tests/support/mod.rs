@@ -12,20 +12,22 @@ use std::time::{Duration, Instant};
 /// How long any one condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// Builds the example `name` with `features` and returns its path, as cargo reports it.
-pub fn example_binary(name: &str, features: &str) -> PathBuf {
-    let mut args = vec![
+/// Builds the example `name` and returns its path, as cargo reports it.
+///
+/// Built the way `cargo test --workspace --all-features` (the README's test command) builds
+/// examples, so the build is a no-op there instead of a second build with other features.
+pub fn example_binary(name: &str) -> PathBuf {
+    let args = [
         "build",
+        "--workspace",
+        "--all-features",
         "--example",
         name,
         "--quiet",
         "--message-format=json",
     ];
-    if !features.is_empty() {
-        args.extend(["--features", features]);
-    }
     let output = Command::new(env!("CARGO"))
-        .args(&args)
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
         .output()
