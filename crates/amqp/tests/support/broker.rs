@@ -164,6 +164,8 @@ where
 #[derive(Debug)]
 pub struct TestQueue {
     name: String,
+    /// The broker it lives on (where `Drop` deletes it).
+    url: String,
 }
 
 impl TestQueue {
@@ -180,8 +182,23 @@ impl TestQueue {
     /// # Panics
     /// When the declare fails.
     pub async fn declare_with(connection: &Connection, name: &str, spec: &QueueSpec) -> TestQueue {
+        TestQueue::declare_at(&amqp_url(), connection, name, spec).await
+    }
+
+    /// Declares a test queue named after `name` as `spec` says on the broker at `url`, to
+    /// which `connection` is connected (the fault node, say): `Drop` deletes it there.
+    ///
+    /// # Panics
+    /// When the declare fails.
+    pub async fn declare_at(
+        url: &str,
+        connection: &Connection,
+        name: &str,
+        spec: &QueueSpec,
+    ) -> TestQueue {
         let queue = TestQueue {
             name: unique_name(name),
+            url: url.to_owned(),
         };
         declare_queue_with(connection, &queue.name, spec).await;
         queue
@@ -240,13 +257,14 @@ impl Drop for TestQueue {
     /// `Drop` cannot await, and may run inside the test's runtime.
     fn drop(&mut self) {
         let name = self.name.clone();
+        let url = self.url.clone();
         let deleted = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+                let connection = Connection::connect(&url, ConnectionProperties::default())
                     .await
                     .map_err(|e| e.to_string())?;
                 delete_queue(&connection, &name).await;

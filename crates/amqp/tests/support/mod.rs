@@ -18,7 +18,10 @@
 //! - `ASYNCWORKER_TEST_AMQP_URL`: the broker (default [`DEFAULT_AMQP_URL`]);
 //! - `ASYNCWORKER_TEST_AMQPS_URL`: the broker over TLS (default [`DEFAULT_AMQPS_URL`]);
 //! - `ASYNCWORKER_TEST_TLS_DIR`: the CA, server and client certificates that
-//!   `scripts/rabbitmq.sh` generated (default [`DEFAULT_TLS_DIR`]).
+//!   `scripts/rabbitmq.sh` generated (default [`DEFAULT_TLS_DIR`]);
+//! - `ASYNCWORKER_TEST_FAULT_URL`, `ASYNCWORKER_TEST_FAULT_NODE`: the node of
+//!   `scripts/rabbitmq-fault.sh`, which only the fault tests use and which they may stop,
+//!   alarm and disconnect (defaults [`DEFAULT_FAULT_URL`], [`DEFAULT_FAULT_NODE`]).
 //!
 //! Assertions should prefer AMQP itself ([`message_count`], [`consumer_count`]: a passive
 //! queue declare, milliseconds) to `rabbitmqctl` (0.5–1 s per call), which is kept for what
@@ -54,6 +57,10 @@ pub const DEFAULT_AMQPS_URL: &str = "amqps://guest:guest@localhost:5671/%2f";
 pub const DEFAULT_TLS_DIR: &str = "/tmp/asyncworker-rabbitmq/tls";
 /// The node `scripts/rabbitmq.sh` runs.
 pub const NODE_NAME: &str = "rabbit@localhost";
+/// The fault node `scripts/rabbitmq-fault.sh` runs, default vhost `/`.
+pub const DEFAULT_FAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5682/%2f";
+/// The fault node's name.
+pub const DEFAULT_FAULT_NODE: &str = "faults@localhost";
 /// Test queues expire after this long unused, in case a failed test skipped its cleanup.
 pub const QUEUE_EXPIRES: Duration = Duration::from_secs(600);
 /// The memory high watermark RabbitMQ starts with (and [`MemoryAlarm`] restores).
@@ -66,6 +73,16 @@ pub const DEFAULT_MEMORY_HIGH_WATERMARK: f64 = 0.4;
 /// The broker URL for the default vhost: `ASYNCWORKER_TEST_AMQP_URL` or [`DEFAULT_AMQP_URL`].
 pub fn amqp_url() -> String {
     std::env::var("ASYNCWORKER_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+
+/// The fault node's URL: `ASYNCWORKER_TEST_FAULT_URL` or [`DEFAULT_FAULT_URL`].
+pub fn fault_url() -> String {
+    std::env::var("ASYNCWORKER_TEST_FAULT_URL").unwrap_or_else(|_| DEFAULT_FAULT_URL.to_owned())
+}
+
+/// The fault node's name: `ASYNCWORKER_TEST_FAULT_NODE` or [`DEFAULT_FAULT_NODE`].
+pub fn fault_node() -> String {
+    std::env::var("ASYNCWORKER_TEST_FAULT_NODE").unwrap_or_else(|_| DEFAULT_FAULT_NODE.to_owned())
 }
 
 /// The broker URL for `vhost` (percent-encoded into the path).

@@ -13,18 +13,25 @@ use super::*;
 /// # Errors
 /// When it cannot run or exits non-zero: the message carries its output.
 pub async fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
+    rabbitmqctl_on(NODE_NAME, args).await
+}
+
+/// Like [`rabbitmqctl`], against node `node` (the fault node of [`fault_node`], say).
+///
+/// # Errors
+/// When it cannot run or exits non-zero: the message carries its output.
+pub async fn rabbitmqctl_on(node: &str, args: &[&str]) -> Result<String, String> {
     let program = ["/usr/sbin/rabbitmqctl", "/usr/lib/rabbitmq/bin/rabbitmqctl"]
         .into_iter()
         .find(|path| std::path::Path::new(path).exists())
         .unwrap_or("rabbitmqctl");
     let output = tokio::process::Command::new(program)
         .arg("-n")
-        .arg(NODE_NAME)
+        .arg(node)
         .arg("-q")
         .args(args)
-        .env("RABBITMQ_NODENAME", NODE_NAME)
+        .env("RABBITMQ_NODENAME", node)
         .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-        .env("RABBITMQ_NODE_PORT", "5672")
         .env("ERL_EPMD_ADDRESS", "127.0.0.1")
         .kill_on_drop(true)
         .output()
@@ -45,7 +52,12 @@ pub async fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
 
 /// Like [`rabbitmqctl`], panicking on failure.
 pub async fn rabbitmqctl_ok(args: &[&str]) -> String {
-    rabbitmqctl(args)
+    rabbitmqctl_ok_on(NODE_NAME, args).await
+}
+
+/// Like [`rabbitmqctl_on`], panicking on failure.
+pub async fn rabbitmqctl_ok_on(node: &str, args: &[&str]) -> String {
+    rabbitmqctl_on(node, args)
         .await
         .unwrap_or_else(|error| panic!("{error}"))
 }
@@ -55,21 +67,31 @@ pub async fn rabbitmqctl_ok(args: &[&str]) -> String {
 /// # Panics
 /// When rabbitmqctl fails or its output cannot be parsed.
 pub async fn rabbitmqctl_json(args: &[&str]) -> Vec<serde_json::Value> {
+    rabbitmqctl_json_on(NODE_NAME, args).await
+}
+
+/// Like [`rabbitmqctl_json`], against node `node`.
+pub async fn rabbitmqctl_json_on(node: &str, args: &[&str]) -> Vec<serde_json::Value> {
     let mut args = args.to_vec();
     args.splice(1..1, ["--formatter", "json"]);
-    let out = rabbitmqctl_ok(&args).await;
+    let out = rabbitmqctl_ok_on(node, &args).await;
     serde_json::from_str(out.trim())
         .unwrap_or_else(|error| panic!("parse {} output {out:?}: {error}", args[0]))
 }
 
 /// Like [`rabbitmqctl`], but blocking: for `Drop` guards.
 fn rabbitmqctl_blocking(args: &[&str]) -> Result<(), String> {
+    rabbitmqctl_blocking_on(NODE_NAME, args)
+}
+
+/// Like [`rabbitmqctl_on`], but blocking: for `Drop` guards.
+pub fn rabbitmqctl_blocking_on(node: &str, args: &[&str]) -> Result<(), String> {
     let status = std::process::Command::new("rabbitmqctl")
         .arg("-n")
-        .arg(NODE_NAME)
+        .arg(node)
         .arg("-q")
         .args(args)
-        .env("RABBITMQ_NODENAME", NODE_NAME)
+        .env("RABBITMQ_NODENAME", node)
         .env("ERL_EPMD_ADDRESS", "127.0.0.1")
         .env(
             "PATH",
@@ -106,7 +128,17 @@ pub struct QueueInfo {
 /// # Panics
 /// When rabbitmqctl fails or its output cannot be parsed.
 pub async fn list_queues(vhost: &str) -> Vec<QueueInfo> {
-    let rows = rabbitmqctl_json(&[
+    list_queues_on(NODE_NAME, vhost).await
+}
+
+/// `rabbitmqctl list_queues` for `vhost` of node `node`.
+///
+/// # Panics
+/// When rabbitmqctl fails or its output cannot be parsed.
+pub async fn list_queues_on(node: &str, vhost: &str) -> Vec<QueueInfo> {
+    let rows = rabbitmqctl_json_on(
+        node,
+        &[
         "list_queues",
         "-p",
         vhost,
@@ -114,7 +146,8 @@ pub async fn list_queues(vhost: &str) -> Vec<QueueInfo> {
         "messages_ready",
         "messages_unacknowledged",
         "consumers",
-    ])
+        ],
+    )
     .await;
     rows.iter()
         .map(|row| QueueInfo {
@@ -304,22 +337,33 @@ pub async fn set_vm_memory_high_watermark(fraction: f64) {
 /// The broker-wide memory alarm, raised while this guard lives: publishers are blocked
 /// (`connection.blocked`). Dropping it restores [`DEFAULT_MEMORY_HIGH_WATERMARK`].
 ///
-/// This affects every test running against the node at the same time: hold it briefly.
+/// This affects every test running against the node at the same time: hold it briefly (or
+/// raise it on the fault node, [`MemoryAlarm::raise_on`]).
 #[derive(Debug)]
 pub struct MemoryAlarm {
-    _private: (),
+    node: String,
 }
 
 impl MemoryAlarm {
-    /// Raises the alarm (watermark 0).
+    /// Raises the alarm (watermark 0) on the test node.
     ///
     /// # Panics
     /// When rabbitmqctl fails.
     pub async fn raise() -> MemoryAlarm {
+        MemoryAlarm::raise_on(NODE_NAME).await
+    }
+
+    /// Raises the alarm (watermark 0) on node `node`.
+    ///
+    /// # Panics
+    /// When rabbitmqctl fails.
+    pub async fn raise_on(node: &str) -> MemoryAlarm {
         // Create the guard first, so the watermark is restored even if the call below fails
         // half-way.
-        let guard = MemoryAlarm { _private: () };
-        set_vm_memory_high_watermark(0.0).await;
+        let guard = MemoryAlarm {
+            node: node.to_owned(),
+        };
+        rabbitmqctl_ok_on(node, &["set_vm_memory_high_watermark", "0"]).await;
         guard
     }
 }
@@ -327,7 +371,8 @@ impl MemoryAlarm {
 impl Drop for MemoryAlarm {
     fn drop(&mut self) {
         let watermark = DEFAULT_MEMORY_HIGH_WATERMARK.to_string();
-        if let Err(error) = rabbitmqctl_blocking(&["set_vm_memory_high_watermark", &watermark]) {
+        let args = ["set_vm_memory_high_watermark", watermark.as_str()];
+        if let Err(error) = rabbitmqctl_blocking_on(&self.node, &args) {
             eprintln!("test cleanup: restoring the memory watermark: {error}");
         }
     }

@@ -5,11 +5,21 @@ use std::time::Duration;
 use asyncworker_amqp::{AmqpConfig, AmqpConfigBuilder, AmqpError, AmqpMessage, AmqpStream};
 use futures::StreamExt;
 
-use super::amqp_url;
+use super::{amqp_url, fault_url};
 
 /// A configuration builder on the test broker with fast reconnects.
 pub fn config() -> AmqpConfigBuilder {
-    AmqpConfig::builder().url(&amqp_url()).reconnect(
+    config_for(&amqp_url())
+}
+
+/// A configuration builder on the fault node ([`fault_url`]) with fast reconnects.
+pub fn fault_config() -> AmqpConfigBuilder {
+    config_for(&fault_url())
+}
+
+/// A configuration builder on the broker at `url` with fast reconnects.
+pub fn config_for(url: &str) -> AmqpConfigBuilder {
+    AmqpConfig::builder().url(url).reconnect(
         asyncworker_core::Backoff::builder()
             .initial_delay(Duration::from_millis(100))
             .max_delay(Duration::from_millis(500))
