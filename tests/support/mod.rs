@@ -113,6 +113,13 @@ impl Worker {
         }
     }
 
+    /// The lines logged since the last read, without waiting.
+    pub fn poll_lines(&mut self) -> Vec<String> {
+        let fresh: Vec<String> = self.lines.try_iter().collect();
+        self.seen.extend(fresh.iter().cloned());
+        fresh
+    }
+
     /// Reads lines until one contains `needle`, within the deadline.
     pub fn wait_for(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + DEADLINE;

@@ -223,7 +223,10 @@ async fn a_broker_restart_mid_drain_loses_nothing() {
     ctl(&["stop_app"]).await;
     let during = drain.handled();
     ctl(&["start_app"]).await;
-    assert!(during < N, "the restart came mid-drain ({during} of {N} handled)");
+    assert!(
+        during < N,
+        "the restart came mid-drain ({during} of {N} handled)"
+    );
     drain.finish("broker-restart", N).await;
 }
 
@@ -243,7 +246,10 @@ async fn connections_closed_by_the_broker_twice_lose_nothing() {
         .await;
     ctl(&["close_all_connections", "fault test: second close"]).await;
     let second = drain.handled();
-    assert!(second < N, "the second close came mid-drain ({second} of {N})");
+    assert!(
+        second < N,
+        "the second close came mid-drain ({second} of {N})"
+    );
     drain.finish("connections-closed-twice", N).await;
 }
 
@@ -284,9 +290,15 @@ async fn a_memory_alarm_blocks_publishing_but_not_consuming() {
     assert!(text.contains("blocked"), "a clear error: {text}");
     println!("publish during the alarm: {text}");
     // Consuming goes on during the alarm: the queue drains.
-    let drained = wait_until(BOUND, || async { drain.handled() >= N }).await.held();
+    let drained = wait_until(BOUND, || async { drain.handled() >= N })
+        .await
+        .held();
     drop(alarm);
-    assert!(drained, "only {} of {N} handled during the alarm", drain.handled());
+    assert!(
+        drained,
+        "only {} of {N} handled during the alarm",
+        drain.handled()
+    );
 
     // Cleared: the publisher publishes again, and the worker handles it.
     publisher

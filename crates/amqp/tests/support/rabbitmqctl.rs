@@ -139,13 +139,13 @@ pub async fn list_queues_on(node: &str, vhost: &str) -> Vec<QueueInfo> {
     let rows = rabbitmqctl_json_on(
         node,
         &[
-        "list_queues",
-        "-p",
-        vhost,
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-        "consumers",
+            "list_queues",
+            "-p",
+            vhost,
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
         ],
     )
     .await;
