@@ -133,10 +133,16 @@ fn handled(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The example, built once for every test of this binary.
 async fn worker_binary() -> PathBuf {
-    tokio::task::spawn_blocking(|| support::example_binary("amqp_worker", "amqp"))
-        .await
-        .expect("build")
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    tokio::task::spawn_blocking(|| {
+        BINARY
+            .get_or_init(|| support::example_binary("amqp_worker", "amqp"))
+            .clone()
+    })
+    .await
+    .expect("build")
 }
 
 /// Starts the worker on `queue` with `env` on top of the broker URL and queue.
