@@ -13,7 +13,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use asyncworker::amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
@@ -146,7 +146,7 @@ async fn worker_binary() -> PathBuf {
 }
 
 /// Starts the worker on `queue` with `env` on top of the broker URL and queue.
-fn start(binary: &PathBuf, queue: &str, env: &[(&str, &str)]) -> Worker {
+fn start(binary: &Path, queue: &str, env: &[(&str, &str)]) -> Worker {
     let url = broker_url();
     // A partial batch is flushed after 1 s, not the default minute.
     let mut all = vec![
