@@ -23,7 +23,8 @@
 set -euo pipefail
 
 STATE_DIR="${ASYNCWORKER_RABBITMQ_FAULT_DIR:-/tmp/asyncworker-rabbitmq-faults}"
-START_TIMEOUT="${ASYNCWORKER_RABBITMQ_START_TIMEOUT:-90}"
+# A first boot creates the node's database: measured 68 s on a loaded 2-core machine.
+START_TIMEOUT="${ASYNCWORKER_RABBITMQ_START_TIMEOUT:-180}"
 NODE=faults@localhost
 AMQP_PORT=5682
 DIST_PORT=25682
