@@ -138,7 +138,7 @@ async fn worker_binary() -> PathBuf {
     static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     tokio::task::spawn_blocking(|| {
         BINARY
-            .get_or_init(|| support::example_binary("amqp_worker", "amqp"))
+            .get_or_init(|| support::example_binary("amqp_worker"))
             .clone()
     })
     .await
