@@ -277,3 +277,57 @@ async fn poison_messages_get_the_policy_once_and_the_worker_goes_on() {
     assert!(grown < 256 * 1024, "RSS grew by {grown} KiB");
 }
 
+
+/// RabbitMQ's field tables have no short string (its `s` is a 16-bit integer): a header
+/// holding lapin's `AMQPValue::ShortString` made the broker close the publisher's connection
+/// with INTERNAL_ERROR, failing that publish and every one in flight beside it. The publisher
+/// sends it as a long string, in nested tables and arrays too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_string_header_is_sent_as_a_long_string() {
+    use asyncworker_amqp::lapin::options::BasicGetOptions;
+    use asyncworker_amqp::lapin::types::ShortString;
+    use asyncworker_amqp::{OutgoingMessage, Publisher};
+
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "short-string").await;
+    let publisher = Publisher::connect(&config().build().unwrap()).await.unwrap();
+    let mut nested = FieldTable::default();
+    nested.insert("inner".into(), AMQPValue::ShortString(ShortString::from("in")));
+    let mut from_properties = FieldTable::default();
+    from_properties.insert("props".into(), AMQPValue::ShortString(ShortString::from("p")));
+    let message = OutgoingMessage::text("", q.as_str(), "x")
+        .with_properties(BasicProperties::default().with_headers(from_properties))
+        .header("kind", AMQPValue::ShortString(ShortString::from("short")))
+        .header("table", AMQPValue::FieldTable(nested))
+        .header(
+            "array",
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::ShortString(
+                ShortString::from("a"),
+            )])),
+        );
+    publisher.publish(message).await.expect("published and confirmed");
+    // The connection survived: the next publish works too.
+    publisher
+        .publish(OutgoingMessage::text("", q.as_str(), "y"))
+        .await
+        .expect("the next publish");
+
+    let channel = channel(&conn).await;
+    let got = channel
+        .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the message arrived");
+    let headers = got.properties.headers().clone().unwrap();
+    let long = |s: &str| AMQPValue::LongString(LongString::from(s));
+    assert_eq!(headers.inner().get("kind"), Some(&long("short")));
+    assert_eq!(headers.inner().get("props"), Some(&long("p")));
+    let Some(AMQPValue::FieldTable(table)) = headers.inner().get("table") else {
+        panic!("{headers:?}");
+    };
+    assert_eq!(table.inner().get("inner"), Some(&long("in")));
+    let Some(AMQPValue::FieldArray(array)) = headers.inner().get("array") else {
+        panic!("{headers:?}");
+    };
+    assert_eq!(array.as_slice(), [long("a")]);
+}
