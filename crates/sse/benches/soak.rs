@@ -84,9 +84,10 @@ async fn start_server(events: u64) -> Result<String> {
             if headers.contains_key("last-event-id") {
                 return Response::builder().status(204).body(Body::empty()).unwrap();
             }
-            let chunks = futures::stream::iter((0..events.div_ceil(PER_CHUNK)).map(move |i| {
-                Ok::<_, std::convert::Infallible>(chunk(i * PER_CHUNK, events))
-            }));
+            let chunks = futures::stream::iter(
+                (0..events.div_ceil(PER_CHUNK))
+                    .map(move |i| Ok::<_, std::convert::Infallible>(chunk(i * PER_CHUNK, events))),
+            );
             Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(Body::from_stream(chunks))
@@ -132,7 +133,13 @@ async fn soak() -> Result<()> {
     let (seen, total, marks) = (handled.clone(), sum.clone(), samples.clone());
     let total_n = n as usize;
     let stack = ServiceBuilder::new()
-        .layer(BulkLayer::new(bulk)?.max_in_flight(in_flight)?)
+        // The last partial batch waits for the flush interval once the stream has ended (the
+        // worker does not flush the bulk at the end of its source): keep it short.
+        .layer(
+            BulkLayer::new(bulk)?
+                .max_in_flight(in_flight)?
+                .flush_interval(Duration::from_millis(100)),
+        )
         .layer(AckLayer::new())
         .layer(RetryLayer::new(RetryConfig::default()))
         .service(service_fn(move |events: Vec<SseEvent>| {
@@ -184,12 +191,19 @@ async fn soak() -> Result<()> {
         mib(end_hwm),
         mib(end_hwm.saturating_sub(warm)),
         mib(end_rss),
-        if end_hwm < TARGET_MIB * 1024 { "met" } else { "NOT met" }
+        if end_hwm < TARGET_MIB * 1024 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     let expected_sum = n * n.saturating_sub(1) / 2;
     let sum = sum.load(Ordering::Relaxed);
     if handled as u64 != n || sum != expected_sum {
-        return Err(format!("handled {handled} of {n} events (sum {sum}, expected {expected_sum})").into());
+        return Err(format!(
+            "handled {handled} of {n} events (sum {sum}, expected {expected_sum})"
+        )
+        .into());
     }
     Ok(())
 }

@@ -77,7 +77,10 @@ async fn a_line_longer_than_the_limit_is_a_clear_error_and_the_stream_resumes() 
     server.script(
         "/l",
         [
-            stream(vec![text("id: 1\ndata: ok\n\n"), text(&format!(":{long}\n"))]),
+            stream(vec![
+                text("id: 1\ndata: ok\n\n"),
+                text(&format!(":{long}\n")),
+            ]),
             stream(vec![text(&format!("x-unknown: {long}\n"))]),
             stream(vec![text("id: 2\ndata: after\n\n")]),
         ],
@@ -139,9 +142,7 @@ async fn a_server_that_closes_mid_event_dispatches_nothing_half_done() {
     assert_eq!(seen, [t("message", Some("4"), "d")]);
     let received = server.received();
     assert!(
-        received[1..]
-            .iter()
-            .all(|r| r.last_event_id() == Some("1")),
+        received[1..].iter().all(|r| r.last_event_id() == Some("1")),
         "a half-received block never moves the checkpoint: {received:?}"
     );
 }
@@ -168,7 +169,11 @@ async fn a_server_that_trickles_a_byte_a_second_is_not_idle() {
     // Then nothing at all: now the idle timeout ends the connection.
     let error = d.error().await;
     assert!(matches!(error, SseError::Idle { .. }), "{error:?}");
-    assert_eq!(server.received().len(), 1, "one connection carried the event");
+    assert_eq!(
+        server.received().len(),
+        1,
+        "one connection carried the event"
+    );
 }
 
 #[tokio::test]

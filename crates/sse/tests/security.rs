@@ -42,7 +42,11 @@ fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -78,29 +82,46 @@ async fn basic_auth_against_a_server_that_answers_401_shows_no_secret() {
         .unwrap();
     let shown = format!("{config:?} {config:#?}");
     for secret in [password, token, basic.as_str()] {
-        assert!(!shown.contains(secret), "the config's Debug shows a secret: {shown}");
+        assert!(
+            !shown.contains(secret),
+            "the config's Debug shows a secret: {shown}"
+        );
     }
     let source = SseSource::new(&config, ["/s"]).unwrap();
     let shown = format!("{source:?}");
-    assert!(!shown.contains(password) && !shown.contains(token), "{shown}");
+    assert!(
+        !shown.contains(password) && !shown.contains(token),
+        "{shown}"
+    );
 
     let mut d = Direct::start(source);
     let mut texts = Vec::new();
     for _ in 0..2 {
         let error = d.error().await;
-        assert!(matches!(error, SseError::Status { status: 401, .. }), "{error:?}");
+        assert!(
+            matches!(error, SseError::Status { status: 401, .. }),
+            "{error:?}"
+        );
         texts.push(format!("{} | {error:?}", chain(&error)));
     }
     assert!(texts[0].contains("401"), "{}", texts[0]);
     // The credentials did go out, as a header.
     let received = server.wait_requests(2).await;
-    let auth = received[0].headers.get("authorization").unwrap().to_str().unwrap();
+    let auth = received[0]
+        .headers
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert_eq!(auth, format!("Basic {basic}"));
     assert_eq!(received[0].headers.get("x-api-key").unwrap(), token);
     d.shutdown.trigger();
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the logs were captured");
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "the logs were captured"
+    );
     for text in texts.iter().chain([&logs]) {
         for secret in [password, token, basic.as_str()] {
             assert!(!text.contains(secret), "a secret shows: {text}");
