@@ -101,7 +101,11 @@ async fn soak() -> Result<()> {
 
     let conn = Connection::connect(&url, ConnectionProperties::default())
         .await
-        .map_err(|e| format!("cannot reach the broker at {url} ({e}); start it with scripts/rabbitmq.sh start"))?;
+        .map_err(|e| {
+            format!(
+                "cannot reach the broker at {url} ({e}); start it with scripts/rabbitmq.sh start"
+            )
+        })?;
     let ch = conn.create_channel().await?;
     ch.queue_declare(
         queue.as_str().into(),
@@ -162,10 +166,10 @@ async fn soak() -> Result<()> {
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let marks = Arc::clone(&samples);
     app.route_stack("soak", source, move |cx| {
-        let (seen, wrong, marks, stop) = (seen.clone(), wrong.clone(), marks.clone(), stop.clone());
+        let (seen, wrong, marks) = (seen.clone(), wrong.clone(), marks.clone());
+        let (entered, stop) = (Arc::new(AtomicUsize::new(0)), stop.clone());
         let handler = service_fn(move |batch: Vec<AmqpMessage>| {
-            let (seen, wrong, marks, stop) =
-                (seen.clone(), wrong.clone(), marks.clone(), stop.clone());
+            let (seen, wrong, marks) = (seen.clone(), wrong.clone(), marks.clone());
             async move {
                 for msg in &batch {
                     match msg.json_or_reject::<Body>() {
@@ -186,13 +190,18 @@ async fn soak() -> Result<()> {
                         marks.lock().unwrap().push((pct, after, rss, hwm));
                     }
                 }
-                if after >= n {
-                    stop.trigger();
-                }
                 Ok::<(), BoxError>(())
             }
         });
         Ok(ServiceBuilder::new()
+            // Not part of the stack under test: once the last message is in, start the
+            // graceful shutdown, which flushes the last partial batch and drains.
+            .map_request(move |m: AmqpMessage| {
+                if entered.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    stop.trigger();
+                }
+                m
+            })
             .layer(cx.bulk_layer::<AmqpMessage>(bulk)?)
             .layer(cx.ack_layer())
             .layer(RetryLayer::new(RetryConfig::default()).with_shutdown(cx.shutdown().clone()))
@@ -237,7 +246,11 @@ async fn soak() -> Result<()> {
         mib(end_hwm),
         mib(end_hwm.saturating_sub(warm)),
         mib(end_rss),
-        if end_hwm < TARGET_MIB * 1024 { "met" } else { "NOT met" }
+        if end_hwm < TARGET_MIB * 1024 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     let bad = bad.load(Ordering::Relaxed);
     if handled != n || bad != 0 || left != 0 {

@@ -74,8 +74,17 @@ fn every_field_type() -> FieldTable {
         ("i64", AMQPValue::LongLongInt(-64)),
         ("f32", AMQPValue::Float(1.5)),
         ("f64", AMQPValue::Double(2.5)),
-        ("decimal", AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 314 })),
-        ("long-string", AMQPValue::LongString(LongString::from("long\0with nul"))),
+        (
+            "decimal",
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 314,
+            }),
+        ),
+        (
+            "long-string",
+            AMQPValue::LongString(LongString::from("long\0with nul")),
+        ),
         (
             "array",
             AMQPValue::FieldArray(FieldArray::from(vec![
@@ -86,7 +95,10 @@ fn every_field_type() -> FieldTable {
         ),
         ("timestamp", AMQPValue::Timestamp(1_700_000_000)),
         ("table", AMQPValue::FieldTable(nested)),
-        ("bytes", AMQPValue::ByteArray(ByteArray::from(vec![0u8, 255, 1]))),
+        (
+            "bytes",
+            AMQPValue::ByteArray(ByteArray::from(vec![0u8, 255, 1])),
+        ),
         ("void", AMQPValue::Void),
     ];
     let mut table = FieldTable::default();
@@ -120,7 +132,11 @@ async fn poison_messages_get_the_policy_once_and_the_worker_goes_on() {
     }
     let full = br#"{"id": 42, "item": "hammer"}"#;
     for cut in 0..full.len() {
-        poison.push((format!("truncated-{cut}"), full[..cut].to_vec(), plain.clone()));
+        poison.push((
+            format!("truncated-{cut}"),
+            full[..cut].to_vec(),
+            plain.clone(),
+        ));
     }
     for (i, body) in [
         &br#"{"id": "42", "item": "hammer"}"#[..],
@@ -155,8 +171,14 @@ async fn poison_messages_get_the_policy_once_and_the_worker_goes_on() {
     let (rss_before, _) = rss_kib();
 
     for (id, body, props) in poison.iter().chain([&good_with_headers]) {
-        publish_with(&conn, "", &q, [body], props.clone().with_message_id(id.as_str().into()))
-            .await;
+        publish_with(
+            &conn,
+            "",
+            &q,
+            [body],
+            props.clone().with_message_id(id.as_str().into()),
+        )
+        .await;
     }
     let poison_ids: Vec<String> = poison.iter().map(|(id, ..)| id.clone()).collect();
     let poison_count = poison_ids.len();
@@ -195,7 +217,8 @@ async fn poison_messages_get_the_policy_once_and_the_worker_goes_on() {
 
     // Every poison message dead-lettered, the good one with headers handled.
     wait_until(Duration::from_secs(120), || async {
-        message_count(&conn, &dlq).await as usize >= poison_count && handled.lock().unwrap().len() >= 1
+        message_count(&conn, &dlq).await as usize >= poison_count
+            && handled.lock().unwrap().len() >= 1
     })
     .await
     .expect("every poison message dead-lettered");
@@ -210,7 +233,11 @@ async fn poison_messages_get_the_policy_once_and_the_worker_goes_on() {
     )
     .await;
     wait_until(Duration::from_secs(30), || async {
-        handled.lock().unwrap().iter().any(|(id, ..)| id == "good-after")
+        handled
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(id, ..)| id == "good-after")
     })
     .await
     .expect("the good message after the poison is handled");
@@ -232,7 +259,11 @@ async fn poison_messages_get_the_policy_once_and_the_worker_goes_on() {
     let deliveries = deliveries.lock().unwrap().clone();
     let max = poison_ids
         .iter()
-        .map(|id| *deliveries.get(id).unwrap_or_else(|| panic!("{id} never delivered")))
+        .map(|id| {
+            *deliveries
+                .get(id)
+                .unwrap_or_else(|| panic!("{id} never delivered"))
+        })
         .max()
         .unwrap();
     assert!(max <= 2, "a poison message was delivered {max} times");
@@ -245,8 +276,14 @@ async fn poison_messages_get_the_policy_once_and_the_worker_goes_on() {
     let mut ids: Vec<_> = handled.iter().map(|(id, ..)| id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["good-after", "headers-good"]);
-    let (_, order_id, header_count) = handled.iter().find(|(id, ..)| id == "headers-good").unwrap();
-    assert_eq!((*order_id, *header_count), (7, every_field_type().inner().len()));
+    let (_, order_id, header_count) = handled
+        .iter()
+        .find(|(id, ..)| id == "headers-good")
+        .unwrap();
+    assert_eq!(
+        (*order_id, *header_count),
+        (7, every_field_type().inner().len())
+    );
 
     // A clear log line for each: why, which queue, which message, what was done.
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
@@ -255,13 +292,20 @@ async fn poison_messages_get_the_policy_once_and_the_worker_goes_on() {
         .filter(|l| l.contains("message body is not the JSON the handler expects"))
         .collect();
     assert_eq!(lines.len(), poison_count, "one warning per poison message");
-    for id in ["random-0", "truncated-0", "wrong-shape-0", "big-10mib", "headers-poison"] {
+    for id in [
+        "random-0",
+        "truncated-0",
+        "wrong-shape-0",
+        "big-10mib",
+        "headers-poison",
+    ] {
         let line = lines
             .iter()
             .find(|l| l.contains(&format!("message_id=\"{id}\"")))
             .unwrap_or_else(|| panic!("no warning for {id}"));
         assert!(
-            line.contains("WARN") && line.contains(&format!("queue={}", q.as_str()))
+            line.contains("WARN")
+                && line.contains(&format!("queue={}", q.as_str()))
                 && line.contains("action=reject")
                 && line.contains("error="),
             "{line}"
@@ -277,7 +321,6 @@ async fn poison_messages_get_the_policy_once_and_the_worker_goes_on() {
     assert!(grown < 256 * 1024, "RSS grew by {grown} KiB");
 }
 
-
 /// RabbitMQ's field tables have no short string (its `s` is a 16-bit integer): a header
 /// holding lapin's `AMQPValue::ShortString` made the broker close the publisher's connection
 /// with INTERNAL_ERROR, failing that publish and every one in flight beside it. The publisher
@@ -290,11 +333,19 @@ async fn a_short_string_header_is_sent_as_a_long_string() {
 
     let conn = connect().await;
     let q = TestQueue::declare(&conn, "short-string").await;
-    let publisher = Publisher::connect(&config().build().unwrap()).await.unwrap();
+    let publisher = Publisher::connect(&config().build().unwrap())
+        .await
+        .unwrap();
     let mut nested = FieldTable::default();
-    nested.insert("inner".into(), AMQPValue::ShortString(ShortString::from("in")));
+    nested.insert(
+        "inner".into(),
+        AMQPValue::ShortString(ShortString::from("in")),
+    );
     let mut from_properties = FieldTable::default();
-    from_properties.insert("props".into(), AMQPValue::ShortString(ShortString::from("p")));
+    from_properties.insert(
+        "props".into(),
+        AMQPValue::ShortString(ShortString::from("p")),
+    );
     let message = OutgoingMessage::text("", q.as_str(), "x")
         .with_properties(BasicProperties::default().with_headers(from_properties))
         .header("kind", AMQPValue::ShortString(ShortString::from("short")))
@@ -305,7 +356,10 @@ async fn a_short_string_header_is_sent_as_a_long_string() {
                 ShortString::from("a"),
             )])),
         );
-    publisher.publish(message).await.expect("published and confirmed");
+    publisher
+        .publish(message)
+        .await
+        .expect("published and confirmed");
     // The connection survived: the next publish works too.
     publisher
         .publish(OutgoingMessage::text("", q.as_str(), "y"))

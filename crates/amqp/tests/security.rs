@@ -70,7 +70,11 @@ async fn a_wrong_password_shows_nowhere() {
         .max_reconnect_attempts(1)
         .build()
         .unwrap();
-    assert_hidden("the config's Debug", &format!("{config:?} {config:#?}"), &secret);
+    assert_hidden(
+        "the config's Debug",
+        &format!("{config:?} {config:#?}"),
+        &secret,
+    );
     assert_hidden("the config's Display", &config.to_string(), &secret);
     // A URL carrying the password is no different.
     let from_url = AmqpConfig::from_url(&format!(
@@ -87,7 +91,9 @@ async fn a_wrong_password_shows_nowhere() {
     assert!(text.contains("authentication refused"), "{text}");
 
     // The source: its Debug, and every error its stream reports.
-    let source = AmqpSource::builder(config.clone(), ["unused"]).build().unwrap();
+    let source = AmqpSource::builder(config.clone(), ["unused"])
+        .build()
+        .unwrap();
     assert_hidden("the source's Debug", &format!("{source:?}"), &secret);
     let shutdown = Shutdown::new();
     let errors: Vec<_> = tokio::time::timeout(
@@ -127,8 +133,14 @@ async fn tls_with_verification_connects_and_a_good_publisher_keeps_its_password(
         .build()
         .unwrap();
     assert!(config.tls());
-    let publisher = Publisher::connect(&config).await.expect("a verified TLS connection");
-    assert_hidden("a publisher's Debug", &format!("{publisher:?}"), "guest:guest");
+    let publisher = Publisher::connect(&config)
+        .await
+        .expect("a verified TLS connection");
+    assert_hidden(
+        "a publisher's Debug",
+        &format!("{publisher:?}"),
+        "guest:guest",
+    );
     drop(publisher);
 }
 
