@@ -25,7 +25,7 @@ use asyncworker_core::ack::AckLayer;
 use asyncworker_core::bulk::BulkLayer;
 use asyncworker_core::retry::{RetryConfig, RetryLayer};
 use asyncworker_core::runtime::Worker;
-use asyncworker_core::{BoxError, Message};
+use asyncworker_core::{BoxError, Message, Shutdown};
 use asyncworker_sse::{SseConfig, SseEvent, SseSource};
 use axum::body::Body;
 use axum::http::HeaderMap;
@@ -132,16 +132,21 @@ async fn soak() -> Result<()> {
     let samples = Arc::new(Mutex::new(Vec::new()));
     let (seen, total, marks) = (handled.clone(), sum.clone(), samples.clone());
     let total_n = n as usize;
+    let shutdown = Shutdown::new();
     let stack = ServiceBuilder::new()
-        // The last partial batch waits for the flush interval once the stream has ended (the
-        // worker does not flush the bulk at the end of its source): keep it short.
+        // The worker fires its shutdown when the source ends, and the bulk then flushes its
+        // last partial batch. But after the server's 204 the source only ends once every
+        // event it handed out is settled, and the bulk holds the last partial batch until its
+        // flush interval (default 60 s): a short interval keeps that wait short (see the
+        // report of the bad-input suite; the stream's end after a 204 needs a fix).
         .layer(
             BulkLayer::new(bulk)?
                 .max_in_flight(in_flight)?
-                .flush_interval(Duration::from_millis(100)),
+                .flush_interval(Duration::from_millis(100))
+                .with_shutdown(shutdown.clone()),
         )
         .layer(AckLayer::new())
-        .layer(RetryLayer::new(RetryConfig::default()))
+        .layer(RetryLayer::new(RetryConfig::default()).with_shutdown(shutdown.clone()))
         .service(service_fn(move |events: Vec<SseEvent>| {
             let (seen, total, marks) = (seen.clone(), total.clone(), marks.clone());
             async move {
@@ -163,6 +168,7 @@ async fn soak() -> Result<()> {
         }));
     let started = Instant::now();
     Worker::new(source, stack)
+        .with_shutdown(shutdown)
         .max_in_flight(in_flight)
         .run()
         .await?;
