@@ -273,13 +273,15 @@ impl OutgoingMessage {
         self
     }
 
-    /// The exact properties sent: headers merged, delivery mode settled.
+    /// The exact properties sent: headers merged, delivery mode settled, short strings sent
+    /// as long strings (see [`rabbit_value`]).
     pub(super) fn wire_properties(&self) -> BasicProperties {
         let mut properties = self.properties.clone();
-        if !self.headers.inner().is_empty() {
-            let mut headers = properties.headers().clone().unwrap_or_default();
-            for (key, value) in self.headers.inner() {
-                headers.insert(key.clone(), value.clone());
+        if !self.headers.inner().is_empty() || properties.headers().is_some() {
+            let mut headers = FieldTable::default();
+            let theirs = properties.headers().iter().flat_map(|h| h.inner());
+            for (key, value) in theirs.chain(self.headers.inner()) {
+                headers.insert(key.clone(), rabbit_value(value.clone()));
             }
             properties = properties.with_headers(headers);
         }
@@ -289,6 +291,32 @@ impl OutgoingMessage {
             TRANSIENT
         };
         properties.with_delivery_mode(mode)
+    }
+}
+
+/// `value` as RabbitMQ reads it: its field tables have no short string (the `s` tag is a
+/// 16-bit integer there), and a header holding one makes the broker close the connection with
+/// INTERNAL_ERROR, so a short string (also inside tables and arrays) becomes a long string.
+fn rabbit_value(value: AMQPValue) -> AMQPValue {
+    match value {
+        AMQPValue::ShortString(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        AMQPValue::FieldTable(table) => {
+            let mut out = FieldTable::default();
+            for (key, value) in table.inner() {
+                out.insert(key.clone(), rabbit_value(value.clone()));
+            }
+            AMQPValue::FieldTable(out)
+        }
+        AMQPValue::FieldArray(array) => AMQPValue::FieldArray(
+            array
+                .as_slice()
+                .iter()
+                .cloned()
+                .map(rabbit_value)
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        other => other,
     }
 }
 
