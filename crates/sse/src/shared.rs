@@ -88,13 +88,13 @@ pub(crate) struct Shared {
     pub(crate) notify: Notify,
     /// The checkpoint: the id of the last event of the settled prefix.
     pub(crate) checkpoint: Arc<Checkpoint>,
-    /// The server stopped the stream (204): it waits for settlements before it ends.
-    pub(crate) stopped: AtomicBool,
     /// Told when this is dropped (the stream and all its events are gone), so the checkpoint
     /// writer saves the last checkpoint at once.
     pub(crate) gone: Arc<Notify>,
-    /// The stream is still running (a requeued event can be handed out again).
-    pub(crate) alive: AtomicBool,
+    /// The stream is still running (a requeued event can be handed out again). Changed and
+    /// read under the state's lock, so a requeue is either queued for a running stream or
+    /// left for replay, never queued for one that has ended.
+    alive: AtomicBool,
     pub(crate) max_redeliveries: u32,
     pub(crate) metrics: StreamMetrics,
     pub(crate) url: String,
@@ -111,7 +111,6 @@ impl Shared {
             metrics.checkpoint.set(n);
         }
         Shared {
-            stopped: AtomicBool::new(false),
             gone: Arc::new(Notify::new()),
             state: Mutex::default(),
             notify: Notify::new(),
@@ -174,11 +173,6 @@ impl Shared {
         if let Some(end) = end {
             self.advance(end);
         }
-        // Only a stopped stream waits for settlements; waking a reading one per event would
-        // cost a task switch each.
-        if self.stopped.load(Ordering::Acquire) {
-            self.notify.notify_one();
-        }
     }
 
     fn advance(&self, id: Id) {
@@ -194,9 +188,23 @@ impl Shared {
         self.advance(id);
     }
 
-    /// Whether the window still has unsettled events.
-    pub(crate) fn has_unsettled(&self) -> bool {
-        self.lock().window.unsettled() > 0
+    /// End the stream's side unless a requeued event waits to be handed out; whether it
+    /// ended. Events still unsettled keep settling through their own `Arc` of this; one
+    /// requeued from now on is left for replay.
+    pub(crate) fn end_if_idle(&self) -> bool {
+        let state = self.lock();
+        if !state.redeliver.is_empty() {
+            return false;
+        }
+        self.alive.store(false, Ordering::Release);
+        true
+    }
+
+    /// End the stream's side now (shutdown): requeued events still waiting are left for
+    /// replay.
+    pub(crate) fn end(&self) {
+        let _state = self.lock();
+        self.alive.store(false, Ordering::Release);
     }
 }
 
@@ -234,17 +242,20 @@ impl Settle for EventSettler {
             shared.settle(self.seq);
             return Ok(());
         }
-        if !shared.alive.load(Ordering::Acquire) {
-            // The stream is gone: the event stays unsettled, the checkpoint stays before it,
-            // and a replaying server sends it again after a restart.
-            tracing::debug!(url = %shared.url, id = ?self.data.id, "requeue after the stream ended; left for replay");
-            return Ok(());
+        {
+            let mut state = shared.lock();
+            if !shared.alive.load(Ordering::Acquire) {
+                // The stream is gone: the event stays unsettled, the checkpoint stays before
+                // it, and a replaying server sends it again after a restart.
+                tracing::debug!(url = %shared.url, id = ?self.data.id, "requeue after the stream ended; left for replay");
+                return Ok(());
+            }
+            state.redeliver.push_back(Redelivery {
+                data: Arc::clone(&self.data),
+                seq: self.seq,
+                delivery: self.delivery + 1,
+            });
         }
-        shared.lock().redeliver.push_back(Redelivery {
-            data: Arc::clone(&self.data),
-            seq: self.seq,
-            delivery: self.delivery + 1,
-        });
         shared.notify.notify_one();
         Ok(())
     }

@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use asyncworker_core::{Backoff, BoxError, Shutdown};
@@ -142,14 +141,15 @@ impl PathStream {
                 return Some(Err(error));
             }
             if self.stopped {
-                // Hand requeued events out until every event handed out is settled.
-                if !self.shared.has_unsettled() {
+                // Requeued events were handed out above; with none waiting the stream ends at
+                // once, even while events it handed out are unsettled: the runtime starts its
+                // shutdown only when the stream ends, and Bulk holds a partial batch until
+                // then, so waiting here for those settlements would wait for the flush
+                // interval. They keep settling (and moving the checkpoint) through their own
+                // `Arc` of `Shared`; one requeued after this is left for replay.
+                if self.shared.end_if_idle() {
                     self.finish();
                     return None;
-                }
-                tokio::select! {
-                    _ = self.shared.notify.notified() => {}
-                    _ = self.shutdown.triggered() => {}
                 }
                 continue;
             }
@@ -275,7 +275,6 @@ impl PathStream {
         if status == 204 {
             tracing::info!(url = %url, "server answered 204 No Content: this stream stops");
             self.stopped = true;
-            self.shared.stopped.store(true, Ordering::Release);
             // Readiness no longer waits for this stream.
             self.leave_health();
             return Ok(());
@@ -354,7 +353,7 @@ impl PathStream {
         }
         self.finished = true;
         self.disconnect();
-        self.shared.alive.store(false, Ordering::Release);
+        self.shared.end();
         self.leave_health();
     }
 

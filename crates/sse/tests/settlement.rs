@@ -407,3 +407,67 @@ async fn an_unreadable_checkpoint_file_is_an_error_not_a_fresh_start() {
     assert_eq!(server.received()[0].last_event_id(), Some("5"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Records the reason of every batch Bulk seals.
+#[derive(Clone, Default)]
+struct Reasons(Arc<Mutex<Vec<(asyncworker_core::bulk::FlushReason, usize)>>>);
+
+impl asyncworker_core::metrics::LayerMetrics for Reasons {
+    fn on_batch(&self, reason: asyncworker_core::bulk::FlushReason, size: usize) {
+        self.0.lock().unwrap().push((reason, size));
+    }
+}
+
+#[tokio::test]
+async fn a_204_after_the_last_events_flushes_the_partial_batch_at_once() {
+    use asyncworker_core::bulk::FlushReason;
+    let server = Server::start().await;
+    server.script(
+        "/end",
+        [
+            stream(vec![text(
+                "id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\n",
+            )]),
+            support::status(204),
+        ],
+    );
+    let (source, store) = server.source_with_memory_checkpoints("/end");
+    let seen: Seen = Arc::default();
+    let record = Arc::clone(&seen);
+    let handler =
+        service_fn(move |events: Vec<SseEvent>| handle(events, Arc::clone(&record), &[], &[]));
+    let reasons = Reasons::default();
+    let shutdown = Shutdown::new();
+    // A bulk bigger than the stream and a flush interval far beyond the test's patience:
+    // only the end of the stream can flush the batch.
+    let stack = ServiceBuilder::new()
+        .layer(
+            BulkLayer::new(10)
+                .unwrap()
+                .flush_interval(Duration::from_secs(3600))
+                .with_shutdown(shutdown.clone())
+                .metrics(reasons.clone()),
+        )
+        .layer(AckLayer::new())
+        .service(handler);
+    let cx = SourceContext::new("r", shutdown.clone());
+    let run = Worker::new(source, stack)
+        .source_context(cx)
+        .with_shutdown(shutdown.clone())
+        .run();
+    // The route ends by itself after the 204: nothing triggers the shutdown here.
+    tokio::time::timeout(support::PATIENCE, run)
+        .await
+        .expect("the route ends after the 204 without waiting for the flush interval")
+        .expect("worker runs");
+    assert_eq!(ids(&seen), ["1", "2", "3"]);
+    assert_eq!(
+        *reasons.0.lock().unwrap(),
+        [(FlushReason::Shutdown, 3)],
+        "the partial batch flushed at the end of the stream, not by the interval"
+    );
+    eventually("checkpoint 3 saved after the batch settled", || {
+        store.get("r /end").as_deref() == Some("3")
+    })
+    .await;
+}
