@@ -471,3 +471,32 @@ async fn a_204_after_the_last_events_flushes_the_partial_batch_at_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn after_a_204_the_stream_ends_with_events_unsettled_and_a_late_requeue_is_left_for_replay() {
+    let server = Server::start().await;
+    server.script(
+        "/late",
+        [
+            stream(vec![text("id: 1\ndata: a\n\nid: 2\ndata: b\n\n")]),
+            support::status(204),
+        ],
+    );
+    let (source, store) = server.source_with_memory_checkpoints("/late");
+    let mut d = Direct::start(source);
+    let a = d.event().await;
+    let b = d.event().await;
+    // Both are unsettled, and the stream still ends.
+    assert!(d.next().await.is_none());
+    a.settlement().settle(Action::Ack).unwrap();
+    eventually("checkpoint 1", || {
+        store.get("r /late").as_deref() == Some("1")
+    })
+    .await;
+    // Requeued after the end: nobody hands it out again; the checkpoint stays before it.
+    b.settlement().settle(Action::Requeue).unwrap();
+    drop(b);
+    drop(d);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.get("r /late").as_deref(), Some("1"));
+}
