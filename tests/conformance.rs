@@ -1,6 +1,8 @@
 //! Backend conformance: one set of behaviours, written once over [`Harness`] (a backend
 //! under test), run against every backend that can run it: the in-memory queue and a real
-//! RabbitMQ queue (durable, unique per test, deleted after).
+//! RabbitMQ queue (durable, unique per test, deleted after), and an SSE stream from a real
+//! axum server in this process that serves the published events with ids and replays from
+//! `Last-Event-ID`.
 //!
 //! Behaviours: resend on error until success; no loss across a consumer close and re-open;
 //! continuing after handler errors and panics; the in-flight bound; draining a partial batch
@@ -23,6 +25,10 @@ use asyncworker::bulk::BulkLayer;
 use asyncworker::memory::{MemoryQueue, MemorySource};
 use asyncworker::prelude::*;
 use asyncworker::runtime::Worker;
+use asyncworker::sse::{MemoryCheckpoints, SseConfig, SseSource};
+use asyncworker::{BoxError, SourceContext};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tower::ServiceBuilder;
 
 /// How long any one condition may take before the test fails.
@@ -192,6 +198,144 @@ impl Harness for Amqp {
     }
 }
 
+/// A source that counts what its stream yields: how the SSE harness knows the events reached
+/// the worker (an HTTP server cannot tell what its client has read).
+struct Counted<S> {
+    inner: S,
+    yielded: Arc<AtomicUsize>,
+}
+
+impl<S: Source> Source for Counted<S> {
+    type Message = S::Message;
+    type Error = BoxError;
+    type Stream = BoxStream<'static, Result<S::Message, BoxError>>;
+
+    fn max_in_flight(&self) -> Option<usize> {
+        self.inner.max_in_flight()
+    }
+
+    fn reports_readiness(&self) -> bool {
+        self.inner.reports_readiness()
+    }
+
+    fn into_stream(self, cx: SourceContext) -> Self::Stream {
+        let yielded = self.yielded;
+        self.inner
+            .into_stream(cx)
+            .map(move |item| {
+                if item.is_ok() {
+                    yielded.fetch_add(1, Ordering::SeqCst);
+                }
+                item.map_err(Into::into)
+            })
+            .boxed()
+    }
+}
+
+const SSE_PATH: &str = "/events";
+
+struct Sse {
+    base: String,
+    events: Arc<Mutex<Vec<String>>>,
+    checkpoints: MemoryCheckpoints,
+    yielded: Arc<AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Sse {
+    async fn new() -> Sse {
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        let served = Arc::clone(&events);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            SSE_PATH,
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let events = Arc::clone(&served);
+                async move {
+                    // Ids are 1-based positions; replay what follows Last-Event-ID.
+                    let after: usize = headers
+                        .get("last-event-id")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = String::from(": hello\n\n");
+                    for (i, data) in events.lock().unwrap().iter().enumerate().skip(after) {
+                        body.push_str(&format!("id: {}\ndata: {data}\n\n", i + 1));
+                    }
+                    let stream = futures::stream::iter([Ok::<_, std::io::Error>(body)])
+                        .chain(futures::stream::pending());
+                    axum::response::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(axum::body::Body::from_stream(stream))
+                        .unwrap()
+                }
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Sse {
+            base,
+            events,
+            checkpoints: MemoryCheckpoints::new(),
+            yielded: Arc::default(),
+            server,
+        }
+    }
+}
+
+impl Harness for Sse {
+    type Src = Counted<SseSource>;
+
+    async fn publish(&self, bodies: &[String]) {
+        self.events.lock().unwrap().extend(bodies.iter().cloned());
+    }
+
+    fn source(&self, _prefetch: u16) -> Counted<SseSource> {
+        let config = SseConfig::builder(self.base.clone())
+            .backoff(
+                asyncworker::Backoff::builder()
+                    .initial_delay(Duration::from_millis(5))
+                    .max_delay(Duration::from_millis(50))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .expect("config");
+        let inner = SseSource::new(&config, [SSE_PATH])
+            .expect("source")
+            .checkpoint_store(self.checkpoints.clone())
+            .checkpoint_interval(Duration::from_millis(20));
+        Counted {
+            inner,
+            yielded: Arc::clone(&self.yielded),
+        }
+    }
+
+    async fn wait_delivered(&self) {
+        let n = self.events.lock().unwrap().len();
+        until("sse: every event yielded", || async {
+            self.yielded.load(Ordering::SeqCst) >= n
+        })
+        .await;
+    }
+
+    async fn wait_drained(&self) {
+        // The checkpoint passes an event only once it and every event before it is settled.
+        let last = self.events.lock().unwrap().len().to_string();
+        let key = SseSource::checkpoint_key(ROUTE, SSE_PATH);
+        until("sse: the checkpoint is at the last event", || async {
+            self.checkpoints.get(&key).as_deref() == Some(last.as_str())
+        })
+        .await;
+    }
+
+    async fn cleanup(self) {
+        self.server.abort();
+    }
+}
+
+/// The route name every worker here runs as (the SSE checkpoint key names it).
+const ROUTE: &str = "conformance";
+
 // ---------------------------------------------------------------------------------------
 // The handler under test and the worker around it
 // ---------------------------------------------------------------------------------------
@@ -310,6 +454,7 @@ where
         .layer(AckLayer::new())
         .service(handler);
     let worker = Worker::new(source, service)
+        .name(ROUTE)
         .max_in_flight(run.max_in_flight)
         .with_shutdown(shutdown.clone())
         .grace_period(Duration::from_secs(10));
@@ -527,6 +672,15 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $behaviour() {
                     super::$behaviour(Memory::new()).await;
+                }
+            )*
+        }
+        mod sse {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    super::$behaviour(Sse::new().await).await;
                 }
             )*
         }
