@@ -9,7 +9,7 @@ mod channel;
 mod queue;
 mod tail;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use asyncworker_core::{Backoff, Readiness};
@@ -36,10 +36,8 @@ pub(crate) struct RouteShared {
     pub(crate) tail: Arc<TailPublisher>,
     /// Graceful stop: the runtime's shutdown, or the stream being dropped.
     pub(crate) stop: CancellationToken,
-    pub(crate) readiness: Readiness,
-    /// Queues currently consuming, against the route's queue count.
-    pub(crate) consuming: AtomicUsize,
-    pub(crate) queue_count: usize,
+    /// The queues consuming, and the route's readiness derived from them.
+    pub(crate) consuming: Consuming,
     /// Channels opened so far, to number channel generations.
     pub(crate) channels_opened: AtomicU64,
     /// What ended the current connection, as first noticed.
@@ -64,16 +62,107 @@ impl RouteShared {
     }
 
     fn consuming_changed(&self, delta: isize) {
-        let now = if delta > 0 {
-            self.consuming
-                .fetch_add(1, Ordering::AcqRel)
-                .saturating_add(1)
+        self.consuming.changed(delta > 0, self.stop.is_cancelled());
+    }
+}
+
+/// How many of a route's queues are consuming, and the route's readiness derived from it:
+/// ready while every queue is consuming and the source is not stopping.
+///
+/// The count and the flag change together, under one lock: with a counter and a separate
+/// store, two queues starting at once could store their verdicts in the wrong order (the
+/// first's "not yet" after the second's "ready"), leaving a fully consuming route not ready.
+pub(crate) struct Consuming {
+    count: Mutex<usize>,
+    queues: usize,
+    readiness: Readiness,
+}
+
+impl Consuming {
+    /// None of `queues` queues consuming yet; the readiness goes to `readiness`.
+    pub(crate) fn new(queues: usize, readiness: Readiness) -> Self {
+        Consuming {
+            count: Mutex::new(0),
+            queues,
+            readiness,
+        }
+    }
+
+    /// A queue started (`started`) or stopped consuming; while `stopping`, the route is not
+    /// ready whatever the count.
+    pub(crate) fn changed(&self, started: bool, stopping: bool) {
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = if started {
+            count.saturating_add(1)
         } else {
-            self.consuming
-                .fetch_sub(1, Ordering::AcqRel)
-                .saturating_sub(1)
+            count.saturating_sub(1)
         };
-        self.readiness
-            .set(now == self.queue_count && !self.stop.is_cancelled());
+        self.readiness.set(*count == self.queues && !stopping);
+    }
+
+    /// Not ready, whatever the count: the connection is gone, or the source stopped.
+    pub(crate) fn not_ready(&self) {
+        let _count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        self.readiness.set(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Two queues start consuming at the same time, from two threads, many times over:
+    /// each time, once both have started the route is ready, and once both have stopped it
+    /// is not. (The count and the readiness flag used to be two steps, so the first queue's
+    /// "not yet" could be stored after the second queue's "ready".)
+    #[test]
+    fn queues_starting_together_leave_the_route_ready() {
+        const ROUNDS: usize = 50_000;
+        let readiness = Readiness::default();
+        let consuming = Arc::new(Consuming::new(2, readiness.clone()));
+        // Spinning rendezvous, so that both threads act within nanoseconds of each other:
+        // `go` is the step the other thread may take, `done` the last step it took.
+        let go = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let abort = Arc::new(AtomicBool::new(false));
+        let other = {
+            let (consuming, go, done, abort) =
+                (consuming.clone(), go.clone(), done.clone(), abort.clone());
+            std::thread::spawn(move || {
+                for step in 1..=2 * ROUNDS {
+                    while go.load(Ordering::Acquire) < step {
+                        if abort.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    consuming.changed(step % 2 == 1, false);
+                    done.store(step, Ordering::Release);
+                }
+            })
+        };
+        let mut wrong = (0, 0);
+        for step in 1..=2 * ROUNDS {
+            go.store(step, Ordering::Release);
+            let started = step % 2 == 1;
+            consuming.changed(started, false);
+            while done.load(Ordering::Acquire) < step {
+                std::hint::spin_loop();
+            }
+            match (started, readiness.get()) {
+                (true, false) => wrong.0 += 1,
+                (false, true) => wrong.1 += 1,
+                _ => {}
+            }
+        }
+        abort.store(true, Ordering::Relaxed);
+        other.join().unwrap();
+        assert_eq!(
+            wrong,
+            (0, 0),
+            "(rounds not ready with both queues consuming, rounds ready with none) of {ROUNDS}"
+        );
     }
 }

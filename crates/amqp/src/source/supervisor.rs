@@ -178,7 +178,7 @@ impl Supervisor {
                 }
             }
         }
-        self.shared.readiness.set(false);
+        self.shared.consuming.not_ready();
         self.gauge(false);
         self.shared.tail.close().await;
         tracing::debug!(route = %self.shared.route, "AMQP source stopped");
@@ -226,7 +226,7 @@ impl Supervisor {
                 }
             }
         };
-        self.shared.readiness.set(false);
+        self.shared.consuming.not_ready();
         match outcome {
             Generation::Lost => {
                 // The queue tasks see `lost` and end at once.
