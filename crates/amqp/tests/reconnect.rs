@@ -59,6 +59,121 @@ fn assert_backoff_between(failures: &[Instant], backoff: &Backoff) {
     }
 }
 
+/// The host label of this test's connections (`asyncworker_amqp_reconnects_total{host}`),
+/// used by no other test of this binary.
+const NO_CHANNELS_HOST: &str = "localhost";
+
+/// A user may not open a single channel (`max-channels` 0): every connection of the source
+/// is closed by the broker as soon as the queue task opens its channel. The source used to
+/// reconnect at once, hundreds of times a second; now it waits the backoff, growing, before
+/// each reconnect, and the reconnects metric counts each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_right_after_connecting_is_retried_with_a_growing_backoff() {
+    install_metrics();
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "no-channels").await;
+    let user = TestUser::create("no-channels").await;
+    user.set_limits(r#"{"max-channels": 0}"#).await;
+    let schedule = backoff(Duration::from_secs(1));
+    let config = AmqpConfig::builder()
+        .url(&amqp_url())
+        .host(NO_CHANNELS_HOST)
+        .user(user.name())
+        .password(user.password())
+        .reconnect(schedule)
+        .build()
+        .unwrap();
+    let src = AmqpSource::builder(config, [q.as_str()]).build().unwrap();
+    let reconnects = || {
+        counter(
+            "asyncworker_amqp_reconnects_total",
+            &[("host", NO_CHANNELS_HOST)],
+        )
+    };
+    let before = reconnects();
+    let (mut stream, shutdown) = start(src, "no-channels");
+    let errors = errors_for(&mut stream, Duration::from_secs(3)).await;
+    shutdown.trigger();
+    drain_to_end(&mut stream, 10).await;
+    let reconnected = reconnects() - before;
+
+    let lost: Vec<_> = errors
+        .iter()
+        .filter(|(_, e)| e.kind() == "connection_lost")
+        .collect();
+    assert!(
+        lost.len() >= 2,
+        "the broker ends every connection: {errors:?}"
+    );
+    // 100 + 200 + 400 + 800 ms of backoff fill 1.5 s; then one reconnect a second.
+    assert!(
+        lost.len() <= 8,
+        "{} connections lost in 3 s: the source reconnects without waiting",
+        lost.len()
+    );
+    assert!(
+        (lost.len() as u64).abs_diff(reconnected) <= 1,
+        "{reconnected} reconnects counted for {} lost connections",
+        lost.len()
+    );
+    let text = lost[0].1.to_string();
+    assert!(text.contains("channel"), "the loss says why: {text}");
+    let times: Vec<_> = lost.iter().map(|(t, _)| *t).collect();
+    assert_backoff_between(&times, &schedule);
+}
+
+/// A queue that is deleted (and declared again) as soon as the source consumes it: the
+/// broker cancels the consumer right after it started, every time. The queue task used to
+/// consume again after the backoff's first delay every time; now the delay grows with each
+/// failure in a row, whether the consume failed or the consumer ended soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_cancelled_right_after_consuming_is_retried_with_a_growing_backoff() {
+    let conn = connect().await;
+    let q = TestQueue::declare(&conn, "cancelled-at-once").await;
+    let schedule = backoff(Duration::from_secs(5));
+    let config = config().reconnect(schedule).build().unwrap();
+    let src = AmqpSource::builder(config, [q.as_str()]).build().unwrap();
+    let (mut stream, shutdown) = start(src, "cancelled-at-once");
+
+    // Delete the queue whenever it has a consumer, and declare it again at once.
+    let name = q.to_string();
+    let canceller = tokio::spawn(async move {
+        let conn = connect().await;
+        loop {
+            match queue_counts(&conn, &name).await {
+                Ok(counts) if counts.consumers > 0 => {
+                    delete_queue(&conn, &name).await;
+                    declare_queue(&conn, &name).await;
+                }
+                Ok(_) => {}
+                Err(_) => declare_queue(&conn, &name).await,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let errors = errors_for(&mut stream, Duration::from_secs(4)).await;
+    canceller.abort();
+    shutdown.trigger();
+    drain_to_end(&mut stream, 10).await;
+
+    let failures: Vec<_> = errors
+        .iter()
+        .filter(|(_, e)| e.queue() == Some(q.as_str()))
+        .collect();
+    assert!(
+        failures.iter().any(|(_, e)| e.kind() == "consumer_ended"),
+        "the broker cancels the consumer: {errors:?}"
+    );
+    // 100 + 200 + 400 + 800 + 1600 ms of backoff fill 3.1 s.
+    assert!(
+        failures.len() <= 7,
+        "{} consumer failures in 4 s: the queue is consumed again without a growing wait",
+        failures.len()
+    );
+    let times: Vec<_> = failures.iter().map(|(t, _)| *t).collect();
+    assert_backoff_between(&times, &schedule);
+}
+
 /// A vhost that allows no connection (`max-connections` 0): the broker refuses the
 /// connection, 530 like a missing vhost, and the error says what the broker said, not "does
 /// the vhost exist?".
