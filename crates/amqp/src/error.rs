@@ -77,28 +77,55 @@ impl fmt::Debug for Endpoint {
 pub enum AmqpError {
     /// The broker refused the credentials (AMQP reply 403 during the handshake).
     #[error(
-        "authentication refused by {endpoint}: check the user name and password \
-         (attempt {attempt})"
+        "authentication refused by {endpoint} (attempt {attempt}){}; check the user name and \
+         password",
+        broker_said(.reply)
     )]
     AuthenticationRefused {
         /// Where the connection went.
         endpoint: Endpoint,
         /// The connection attempt of this outage (1 for the first).
         attempt: u32,
+        /// The broker's reply text (empty if it sent none).
+        reply: String,
         /// lapin's error.
         #[source]
         source: lapin::Error,
     },
-    /// The user may not use the virtual host (AMQP reply 530), or it does not exist.
+    /// The user may not use the virtual host, or it does not exist (AMQP reply 530 about
+    /// the vhost).
     #[error(
-        "access to the virtual host refused by {endpoint}: does the vhost exist, and does the \
-         user have permissions on it? (attempt {attempt})"
+        "access to the virtual host refused by {endpoint} (attempt {attempt}){}; does the \
+         vhost exist, and does the user have permissions on it?",
+        broker_said(.reply)
     )]
     VhostRefused {
         /// Where the connection went.
         endpoint: Endpoint,
         /// The connection attempt of this outage (1 for the first).
         attempt: u32,
+        /// The broker's reply text (empty if it sent none).
+        reply: String,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker refused the connection for another reason, which its reply text gives: a
+    /// user's or vhost's `max-connections` limit reached (reply 530 "... connection limit
+    /// (0) is reached"), a `frame_max` or `channel_max` it does not accept, ...
+    #[error(
+        "connection to {endpoint} refused by the broker (attempt {attempt}, reply {code}){}",
+        broker_said(.reply)
+    )]
+    BrokerRefused {
+        /// Where the connection went.
+        endpoint: Endpoint,
+        /// The connection attempt of this outage (1 for the first).
+        attempt: u32,
+        /// The AMQP reply code.
+        code: u16,
+        /// The broker's reply text (empty if it sent none).
+        reply: String,
         /// lapin's error.
         #[source]
         source: lapin::Error,
@@ -181,22 +208,34 @@ pub enum AmqpError {
 }
 
 impl AmqpError {
-    /// Classify a failed connection attempt.
+    /// Classify a failed connection attempt, keeping the broker's reply text.
     pub(crate) fn connect(endpoint: Endpoint, attempt: u32, source: lapin::Error) -> Self {
-        match reply_code(&source) {
-            Some(ACCESS_REFUSED) => AmqpError::AuthenticationRefused {
+        let Some((code, reply)) = reply(&source) else {
+            return AmqpError::Connect {
                 endpoint,
                 attempt,
                 source,
-            },
-            Some(NOT_ALLOWED) => AmqpError::VhostRefused {
+            };
+        };
+        let reply = reply.to_owned();
+        match code {
+            ACCESS_REFUSED => AmqpError::AuthenticationRefused {
                 endpoint,
                 attempt,
+                reply,
                 source,
             },
-            _ => AmqpError::Connect {
+            NOT_ALLOWED if about_vhost_access(&reply) => AmqpError::VhostRefused {
                 endpoint,
                 attempt,
+                reply,
+                source,
+            },
+            _ => AmqpError::BrokerRefused {
+                endpoint,
+                attempt,
+                code,
+                reply,
                 source,
             },
         }
@@ -235,6 +274,7 @@ impl AmqpError {
         match self {
             AmqpError::AuthenticationRefused { endpoint, .. }
             | AmqpError::VhostRefused { endpoint, .. }
+            | AmqpError::BrokerRefused { endpoint, .. }
             | AmqpError::Connect { endpoint, .. }
             | AmqpError::ConnectionLost { endpoint, .. }
             | AmqpError::QueueNotFound { endpoint, .. }
@@ -261,6 +301,7 @@ impl AmqpError {
         match self {
             AmqpError::AuthenticationRefused { .. } => "authentication_refused",
             AmqpError::VhostRefused { .. } => "vhost_refused",
+            AmqpError::BrokerRefused { .. } => "broker_refused",
             AmqpError::Connect { .. } => "connect",
             AmqpError::ConnectionLost { .. } => "connection_lost",
             AmqpError::QueueNotFound { .. } => "queue_not_found",
@@ -274,9 +315,36 @@ impl AmqpError {
 
 /// The AMQP reply code of a protocol error, if `error` is one.
 pub(crate) fn reply_code(error: &lapin::Error) -> Option<u16> {
+    reply(error).map(|(code, _)| code)
+}
+
+/// The AMQP reply code and text of a protocol error, if `error` is one.
+fn reply(error: &lapin::Error) -> Option<(u16, &str)> {
     match error.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        lapin::ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().as_str())),
         _ => None,
+    }
+}
+
+/// Whether a 530 (not allowed) refusal during the handshake is about access to the vhost
+/// (it does not exist, the user has no permission on it, it is down) rather than a limit or
+/// a negotiated value. RabbitMQ replies 530 to all of these: "vhost ... not found", "access
+/// to vhost ... refused for user ...", but also "access to vhost ... refused for user ...:
+/// connection limit (0) is reached", "... user connection limit (0) is reached" and
+/// "frame_max=... < 4096 min size".
+fn about_vhost_access(reply: &str) -> bool {
+    let reply = reply.to_ascii_lowercase();
+    !["limit", "frame_max", "channel_max"]
+        .iter()
+        .any(|word| reply.contains(word))
+}
+
+/// `: the broker said "…"`, or nothing for an empty reply.
+fn broker_said(reply: &str) -> String {
+    if reply.is_empty() {
+        String::new()
+    } else {
+        format!(": the broker said {reply:?}")
     }
 }
 
@@ -327,6 +395,35 @@ mod tests {
             e.to_string().starts_with("cannot connect to amqps://bob@"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn refusals_keep_the_brokers_reply_and_limits_are_not_vhost_errors() {
+        let login = "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN";
+        let e = AmqpError::connect(endpoint(), 1, protocol_error(403, login));
+        assert_eq!(e.kind(), "authentication_refused");
+        assert!(e.to_string().contains(login), "{e}");
+        let missing = "NOT_ALLOWED - vhost jobs not found";
+        let e = AmqpError::connect(endpoint(), 1, protocol_error(530, missing));
+        assert_eq!(e.kind(), "vhost_refused");
+        assert!(e.to_string().contains(missing), "{e}");
+        for limit in [
+            "NOT_ALLOWED - access to vhost 'jobs' refused for user 'bob': connection limit (0) \
+             is reached",
+            "NOT_ALLOWED - Connection refused for user 'bob': user connection limit (0) is \
+             reached",
+            "NOT_ALLOWED - frame_max=1024 < 4096 min size",
+        ] {
+            let e = AmqpError::connect(endpoint(), 2, protocol_error(530, limit));
+            assert_eq!(e.kind(), "broker_refused", "{limit}");
+            let text = e.to_string();
+            assert!(text.contains(limit), "{text}");
+            assert!(!text.contains("does the vhost exist"), "{text}");
+            assert!(
+                text.contains("reply 530") && text.contains("attempt 2"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -9,10 +9,12 @@ mod channel;
 mod queue;
 mod tail;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use asyncworker_core::{Backoff, Readiness};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use queue::QueueTask;
@@ -36,10 +38,8 @@ pub(crate) struct RouteShared {
     pub(crate) tail: Arc<TailPublisher>,
     /// Graceful stop: the runtime's shutdown, or the stream being dropped.
     pub(crate) stop: CancellationToken,
-    pub(crate) readiness: Readiness,
-    /// Queues currently consuming, against the route's queue count.
-    pub(crate) consuming: AtomicUsize,
-    pub(crate) queue_count: usize,
+    /// The queues consuming, and the route's readiness derived from them.
+    pub(crate) consuming: Consuming,
     /// Channels opened so far, to number channel generations.
     pub(crate) channels_opened: AtomicU64,
     /// What ended the current connection, as first noticed.
@@ -64,16 +64,193 @@ impl RouteShared {
     }
 
     fn consuming_changed(&self, delta: isize) {
-        let now = if delta > 0 {
-            self.consuming
-                .fetch_add(1, Ordering::AcqRel)
-                .saturating_add(1)
+        self.consuming.changed(delta > 0, self.stop.is_cancelled());
+    }
+}
+
+/// How many of a route's queues are consuming, and the route's readiness derived from it:
+/// ready while every queue is consuming and the source is not stopping.
+///
+/// The count and the flag change together, under one lock: with a counter and a separate
+/// store, two queues starting at once could store their verdicts in the wrong order (the
+/// first's "not yet" after the second's "ready"), leaving a fully consuming route not ready.
+pub(crate) struct Consuming {
+    count: Mutex<usize>,
+    queues: usize,
+    readiness: Readiness,
+}
+
+impl Consuming {
+    /// None of `queues` queues consuming yet; the readiness goes to `readiness`.
+    pub(crate) fn new(queues: usize, readiness: Readiness) -> Self {
+        Consuming {
+            count: Mutex::new(0),
+            queues,
+            readiness,
+        }
+    }
+
+    /// A queue started (`started`) or stopped consuming; while `stopping`, the route is not
+    /// ready whatever the count.
+    pub(crate) fn changed(&self, started: bool, stopping: bool) {
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = if started {
+            count.saturating_add(1)
         } else {
-            self.consuming
-                .fetch_sub(1, Ordering::AcqRel)
-                .saturating_sub(1)
+            count.saturating_sub(1)
         };
-        self.readiness
-            .set(now == self.queue_count && !self.stop.is_cancelled());
+        self.readiness.set(*count == self.queues && !stopping);
+    }
+
+    /// Whether the route is ready: every queue consuming, and the source not stopping.
+    pub(crate) fn ready(&self) -> bool {
+        self.readiness.get()
+    }
+
+    /// Not ready, whatever the count: the connection is gone, or the source stopped.
+    pub(crate) fn not_ready(&self) {
+        let _count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        self.readiness.set(false);
+    }
+}
+
+/// How long what a retry loop keeps up must stay healthy for its backoff to start over: the
+/// connection, with every queue of the route consuming (the route ready), for the
+/// supervisor; the consumer, for a queue task. A connection or consumer that ends sooner is
+/// one more failure in a row, so a broker that ends each one right after it started (a user
+/// allowed no channel, a queue deleted as soon as it is consumed) is retried with a growing
+/// delay, not at once. The same period as the SSE source's default `healthy_after`.
+pub(crate) const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+/// The failures in a row of one retry loop (the supervisor's, or a queue task's), for its
+/// [`Backoff`]: started over only once what the loop keeps up has stayed healthy for
+/// [`HEALTHY_AFTER`].
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
+    in_a_row: u32,
+    healthy_since: Option<Instant>,
+}
+
+impl Failures {
+    /// What the loop keeps up is healthy now (and has been since the last call, if that said
+    /// so too): after [`HEALTHY_AFTER`] of that, the failures start over.
+    pub(crate) fn healthy(&mut self) {
+        let since = *self.healthy_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= HEALTHY_AFTER {
+            self.in_a_row = 0;
+        }
+    }
+
+    /// What the loop keeps up is not healthy now, though nothing failed (a queue of the
+    /// route is not consuming, say): the healthy period, if any, is over.
+    pub(crate) fn unhealthy(&mut self) {
+        self.healthy_since = None;
+    }
+
+    /// One more failure: an attempt failed, or what it had set up ended. Returns its number
+    /// in the row (1 for the first), for [`Backoff::delay`].
+    pub(crate) fn failed(&mut self) -> u32 {
+        self.healthy_since = None;
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        self.in_a_row
+    }
+
+    /// The failures in a row so far (0 after a healthy period).
+    pub(crate) fn in_a_row(&self) -> u32 {
+        self.in_a_row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_start_over_only_after_a_healthy_period() {
+        let second = Duration::from_secs(1);
+        let mut failures = Failures::default();
+        assert_eq!(failures.failed(), 1, "a failed attempt");
+        // Up, then lost a second before it would have counted as healthy.
+        failures.healthy();
+        tokio::time::advance(HEALTHY_AFTER - second).await;
+        failures.healthy();
+        assert_eq!(
+            failures.failed(),
+            2,
+            "lost too soon: one more failure in a row"
+        );
+        // Up long enough in total, but with a break (a queue not consuming for a while).
+        failures.healthy();
+        tokio::time::advance(HEALTHY_AFTER / 2).await;
+        failures.unhealthy();
+        failures.healthy();
+        tokio::time::advance(HEALTHY_AFTER / 2 + second).await;
+        failures.healthy();
+        assert_eq!(
+            failures.failed(),
+            3,
+            "a broken healthy period does not count"
+        );
+        // Healthy without a break for the whole period: the backoff starts over.
+        failures.healthy();
+        tokio::time::advance(HEALTHY_AFTER).await;
+        failures.healthy();
+        assert_eq!(failures.in_a_row(), 0);
+        assert_eq!(failures.failed(), 1, "the next failure is the first again");
+    }
+
+    /// Two queues start consuming at the same time, from two threads, many times over:
+    /// each time, once both have started the route is ready, and once both have stopped it
+    /// is not. (The count and the readiness flag used to be two steps, so the first queue's
+    /// "not yet" could be stored after the second queue's "ready".)
+    #[test]
+    fn queues_starting_together_leave_the_route_ready() {
+        const ROUNDS: usize = 50_000;
+        let readiness = Readiness::default();
+        let consuming = Arc::new(Consuming::new(2, readiness.clone()));
+        // Spinning rendezvous, so that both threads act within nanoseconds of each other:
+        // `go` is the step the other thread may take, `done` the last step it took.
+        let go = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let abort = Arc::new(AtomicBool::new(false));
+        let other = {
+            let (consuming, go, done, abort) =
+                (consuming.clone(), go.clone(), done.clone(), abort.clone());
+            std::thread::spawn(move || {
+                for step in 1..=2 * ROUNDS {
+                    while go.load(Ordering::Acquire) < step {
+                        if abort.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    consuming.changed(step % 2 == 1, false);
+                    done.store(step, Ordering::Release);
+                }
+            })
+        };
+        let mut wrong = (0, 0);
+        for step in 1..=2 * ROUNDS {
+            go.store(step, Ordering::Release);
+            let started = step % 2 == 1;
+            consuming.changed(started, false);
+            while done.load(Ordering::Acquire) < step {
+                std::hint::spin_loop();
+            }
+            match (started, readiness.get()) {
+                (true, false) => wrong.0 += 1,
+                (false, true) => wrong.1 += 1,
+                _ => {}
+            }
+        }
+        abort.store(true, Ordering::Relaxed);
+        other.join().unwrap();
+        assert_eq!(
+            wrong,
+            (0, 0),
+            "(rounds not ready with both queues consuming, rounds ready with none) of {ROUNDS}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelState, MAX_BATCH};
-use super::{Item, RouteShared};
+use super::{Failures, Item, RouteShared};
 use crate::error::AmqpError;
 use crate::message::{AmqpMessage, Delivery, QueueMeta};
 use crate::settle::{AmqpSettle, ChannelLife, Cmd, Outstanding};
@@ -33,6 +33,14 @@ enum Ended {
     ConnectionLost,
     /// The consumer or channel ended while the connection stayed up.
     Channel(String),
+}
+
+/// Why a queue task waits before consuming again.
+enum Failure {
+    /// Opening the channel or consuming failed.
+    Consume(lapin::Error),
+    /// The consumer or channel ended while the connection stayed up.
+    Ended(String),
 }
 
 /// One queue of a route, on one connection.
@@ -63,8 +71,13 @@ impl QueueTask {
         true
     }
 
+    /// Consume the queue until the connection is lost or the source stops: open a channel
+    /// and consume; when that fails, or the consumer ends while the connection stays up,
+    /// wait the backoff and consume again. The backoff grows with each failure in a row
+    /// (a consumer that ended before it was up for [`HEALTHY_AFTER`](super::HEALTHY_AFTER)
+    /// counts as one).
     pub(crate) async fn run(mut self) {
-        let mut attempt = 0u32;
+        let mut failures = Failures::default();
         loop {
             if self.shared.stop.is_cancelled() || !self.connection_alive() {
                 return;
@@ -77,63 +90,73 @@ impl QueueTask {
             };
             let failure = match opened {
                 Ok((channel, consumer)) => {
-                    attempt = 0;
+                    failures.healthy();
                     match self.serve(channel, consumer).await {
                         Ended::Shutdown | Ended::ConnectionLost => return,
                         Ended::Channel(reason) => {
                             if !self.connection_alive() {
                                 return;
                             }
-                            let error = AmqpError::ConsumerEnded {
-                                queue: self.queue.name.to_string(),
-                                endpoint: self.shared.endpoint.clone(),
-                                reason,
-                            };
-                            tracing::warn!(
-                                route = %self.shared.route,
-                                queue = %self.queue.name,
-                                host = %self.shared.endpoint.host(),
-                                vhost = %self.shared.endpoint.vhost(),
-                                error = %error,
-                                "consumer ended; consuming the queue again",
-                            );
-                            self.emit(Err(error));
-                            None
+                            // It was consuming until now.
+                            failures.healthy();
+                            Failure::Ended(reason)
                         }
                     }
                 }
                 Err(error) => {
                     if !self.connection_alive() {
+                        // The broker's reason, if it closed the connection over this.
+                        self.shared.note_loss(|| error.to_string());
                         return;
                     }
-                    Some(error)
+                    Failure::Consume(error)
                 }
             };
-            attempt = attempt.saturating_add(1);
+            let attempt = failures.failed();
             let delay = self.shared.backoff.delay(attempt);
-            if let Some(source) = failure {
-                let error = AmqpError::consume(
-                    self.shared.endpoint.clone(),
-                    &self.queue.name,
-                    delay,
-                    source,
-                );
-                tracing::warn!(
-                    route = %self.shared.route,
-                    queue = %self.queue.name,
-                    host = %self.shared.endpoint.host(),
-                    vhost = %self.shared.endpoint.vhost(),
-                    attempt,
-                    error = &error as &dyn std::error::Error,
-                    "cannot consume queue",
-                );
-                metrics::counter!(
-                    "asyncworker_amqp_consume_failures_total",
-                    "queue" => self.queue.name.to_string(),
-                    "kind" => error.kind(),
-                )
-                .increment(1);
-                self.emit(Err(error));
+            match failure {
+                Failure::Consume(source) => {
+                    let error = AmqpError::consume(
+                        self.shared.endpoint.clone(),
+                        &self.queue.name,
+                        delay,
+                        source,
+                    );
+                    tracing::warn!(
+                        route = %self.shared.route,
+                        queue = %self.queue.name,
+                        host = %self.shared.endpoint.host(),
+                        vhost = %self.shared.endpoint.vhost(),
+                        attempt,
+                        error = &error as &dyn std::error::Error,
+                        "cannot consume queue",
+                    );
+                    metrics::counter!(
+                        "asyncworker_amqp_consume_failures_total",
+                        "queue" => self.queue.name.to_string(),
+                        "kind" => error.kind(),
+                    )
+                    .increment(1);
+                    self.emit(Err(error));
+                }
+                Failure::Ended(reason) => {
+                    let error = AmqpError::ConsumerEnded {
+                        queue: self.queue.name.to_string(),
+                        endpoint: self.shared.endpoint.clone(),
+                        reason,
+                    };
+                    tracing::warn!(
+                        route = %self.shared.route,
+                        queue = %self.queue.name,
+                        host = %self.shared.endpoint.host(),
+                        vhost = %self.shared.endpoint.vhost(),
+                        failures_in_a_row = attempt,
+                        retry_in = ?delay,
+                        error = %error,
+                        "consumer ended; consuming the queue again",
+                    );
+                    self.emit(Err(error));
+                }
             }
             tokio::select! {
                 biased;

@@ -21,12 +21,17 @@ use crate::error::AmqpError;
 ///   while the route's other queues keep being consumed;
 /// - sets the route's [`Readiness`](asyncworker_core::Readiness) while every queue is being
 ///   consumed;
-/// - reconnects after a connection failure with the configuration's [`Backoff`]
-///   (exponential, capped, jittered), calling the [`on_connection_error`] callback with the
-///   error and the attempt number (which restarts at 1 for each outage), then re-applies the
-///   QoS and consumes every queue again. Settlements of messages delivered before the outage
-///   return [`SettleError::ChannelClosed`], are logged and counted, and are never sent on the
-///   new connection;
+/// - reconnects after a connection failure or a lost connection with the configuration's
+///   [`Backoff`] (exponential, capped, jittered), calling the [`on_connection_error`]
+///   callback with the error and the attempt number (which restarts at 1 for each outage),
+///   then re-applies the QoS and consumes every queue again. Every reconnect waits: the delay
+///   grows with each failure in a row — a failed attempt, or a connection lost before the
+///   route was ready for 30 s — and starts over only once the route has stayed ready (every
+///   queue consumed) that long, so a broker that closes each connection right after it was
+///   made is not hammered. A queue whose consumer keeps ending right after it started is
+///   retried the same way. Settlements of messages delivered before the outage return
+///   [`SettleError::ChannelClosed`], are logged and counted, and are never sent on the new
+///   connection;
 /// - on shutdown, cancels its consumers (`basic.cancel`) and ends, but keeps each channel
 ///   open until every message it handed out has been settled; then closes the channels and
 ///   the connection.

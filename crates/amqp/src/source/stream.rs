@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AmqpSource;
 use super::supervisor::Supervisor;
-use crate::consumer::{Item, RouteShared, TailPublisher};
+use crate::consumer::{Consuming, Item, RouteShared, TailPublisher};
 use crate::error::AmqpError;
 use crate::message::{AmqpMessage, QueueMeta};
 
@@ -45,9 +45,7 @@ impl Source for AmqpSource {
             requeue_tail_cap: self.requeue_tail_cap,
             tail: Arc::new(TailPublisher::new(&config, endpoint, route)),
             stop: stop.clone(),
-            readiness: cx.readiness().clone(),
-            consuming: AtomicUsize::new(0),
-            queue_count: self.queues.len(),
+            consuming: Consuming::new(self.queues.len(), cx.readiness().clone()),
             channels_opened: AtomicU64::new(0),
             loss_reason: Mutex::new(None),
         });

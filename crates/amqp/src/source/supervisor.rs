@@ -1,4 +1,10 @@
 //! The route's background task: connects, reconnects, runs one queue task per queue.
+//!
+//! Every reconnect waits the route's backoff, which grows with each failure in a row: a
+//! failed connection attempt, or a connection lost before the route was ready (every queue
+//! consuming) for [`HEALTHY_AFTER`]. Only a connection that stayed healthy that long starts
+//! the backoff over, so a broker that closes each connection right after it was made (a user
+//! allowed no channel, say) is not hammered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Callback;
 use crate::config::AmqpConfig;
-use crate::consumer::{Item, QueueTask, RouteShared};
+use crate::consumer::{Failures, HEALTHY_AFTER, Item, QueueTask, RouteShared};
 use crate::error::{AmqpError, Endpoint};
 use crate::message::QueueMeta;
 
@@ -76,7 +82,15 @@ impl Supervisor {
         let stop = self.shared.stop.clone();
         let endpoint = self.shared.endpoint.clone();
         let host = endpoint.host().to_owned();
+        // Connection attempts of this outage (for the callback and the give-up rule): a
+        // successful connect ends the outage.
         let mut attempt = 0u32;
+        // Failures in a row (failed attempts and connections lost before the route was
+        // ready for HEALTHY_AFTER), for the backoff: a connection lost right after it was
+        // made does not end the backoff.
+        let mut failures = Failures::default();
+        // Connections lost in a row before the route was ready for HEALTHY_AFTER.
+        let mut quick_losses = 0u32;
         let mut reconnecting = false;
         self.gauge(false);
         loop {
@@ -125,7 +139,7 @@ impl Supervisor {
                         }));
                         break;
                     }
-                    let delay = self.shared.backoff.delay(attempt);
+                    let delay = self.shared.backoff.delay(failures.failed());
                     tracing::warn!(
                         route = %self.shared.route,
                         host = %endpoint.host(),
@@ -155,7 +169,7 @@ impl Supervisor {
             reconnecting = true;
             self.shared.take_loss();
             self.gauge(true);
-            match self.run_connection(Arc::new(conn)).await {
+            match self.run_connection(Arc::new(conn), &mut failures).await {
                 Generation::Stopped => break,
                 Generation::Lost => {
                     self.gauge(false);
@@ -163,29 +177,59 @@ impl Supervisor {
                         .shared
                         .take_loss()
                         .unwrap_or_else(|| "the connection closed".to_owned());
-                    tracing::warn!(
-                        route = %self.shared.route,
-                        host = %endpoint.host(),
-                        vhost = %endpoint.vhost(),
-                        %reason,
-                        "connection lost; reconnecting",
-                    );
+                    if failures.in_a_row() == 0 {
+                        quick_losses = 0;
+                    }
+                    quick_losses = quick_losses.saturating_add(1);
+                    let delay = self.shared.backoff.delay(failures.failed());
+                    if quick_losses == 1 {
+                        tracing::warn!(
+                            route = %self.shared.route,
+                            host = %endpoint.host(),
+                            vhost = %endpoint.vhost(),
+                            %reason,
+                            retry_in = ?delay,
+                            "connection lost; reconnecting",
+                        );
+                    } else {
+                        tracing::warn!(
+                            route = %self.shared.route,
+                            host = %endpoint.host(),
+                            vhost = %endpoint.vhost(),
+                            %reason,
+                            lost_in_a_row = quick_losses,
+                            retry_in = ?delay,
+                            "connection lost {quick_losses} times in a row shortly after \
+                             connecting (before every queue was consumed for {HEALTHY_AFTER:?}); \
+                             reconnecting",
+                        );
+                    }
                     let error = AmqpError::ConnectionLost {
                         endpoint: endpoint.clone(),
                         reason,
                     };
                     self.emit(Err(error));
+                    tokio::select! {
+                        biased;
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
         }
-        self.shared.readiness.set(false);
+        self.shared.consuming.not_ready();
         self.gauge(false);
         self.shared.tail.close().await;
         tracing::debug!(route = %self.shared.route, "AMQP source stopped");
     }
 
-    /// Run the queue tasks on `conn` until it is lost or the source stops.
-    async fn run_connection(&mut self, conn: Arc<Connection>) -> Generation {
+    /// Run the queue tasks on `conn` until it is lost or the source stops; tell `failures`
+    /// whether the route is ready meanwhile.
+    async fn run_connection(
+        &mut self,
+        conn: Arc<Connection>,
+        failures: &mut Failures,
+    ) -> Generation {
         let stop = &self.shared.stop;
         let lost = CancellationToken::new();
         let events = tokio::spawn(watch_events(
@@ -212,6 +256,11 @@ impl Supervisor {
                 () = lost.cancelled() => break Generation::Lost,
                 () = stop.cancelled() => break Generation::Stopped,
                 () = tokio::time::sleep(WATCH_INTERVAL) => {
+                    if self.shared.consuming.ready() {
+                        failures.healthy();
+                    } else {
+                        failures.unhealthy();
+                    }
                     if !conn.status().connected() {
                         self.shared.note_loss(|| {
                             let status = conn.status();
@@ -226,7 +275,7 @@ impl Supervisor {
                 }
             }
         };
-        self.shared.readiness.set(false);
+        self.shared.consuming.not_ready();
         match outcome {
             Generation::Lost => {
                 // The queue tasks see `lost` and end at once.

@@ -3,12 +3,12 @@
 //!
 //! Use from a test file with `mod support;` and `use support::*;`. Every test gets its own
 //! uniquely named queues ([`TestQueue`], deleted on drop; [`unique_name`]) and, where it
-//! matters, its own vhost ([`TestVhost`], deleted on drop), so tests run in parallel and
-//! leave nothing behind, even when they fail.
+//! matters, its own vhost ([`TestVhost`], deleted on drop) or user ([`TestUser`], deleted on
+//! drop), so tests run in parallel and leave nothing behind, even when they fail.
 //!
 //! - `broker`: connections, queues, counts, [`wait_until`] (the one polling helper), raw
 //!   publishing;
-//! - `rabbitmqctl`: what only the CLI shows or does;
+//! - `rabbitmqctl`: what only the CLI shows or does (vhosts, users, their limits);
 //! - `proxy`: [`TcpProxy`], network trouble for one client;
 //! - `source`: an [`AmqpSource`](asyncworker_amqp::AmqpSource) configuration on the test
 //!   broker and stream polling with deadlines;

@@ -297,6 +297,15 @@ impl TestVhost {
     pub fn url(&self) -> String {
         amqp_url_for_vhost(&self.name)
     }
+
+    /// Sets the vhost's limits (`rabbitmqctl set_vhost_limits`), a JSON object such as
+    /// `{"max-connections": 0}`.
+    ///
+    /// # Panics
+    /// When rabbitmqctl fails.
+    pub async fn set_limits(&self, limits: &str) {
+        rabbitmqctl_ok(&["set_vhost_limits", "-p", &self.name, limits]).await;
+    }
 }
 
 impl Drop for TestVhost {
@@ -374,6 +383,59 @@ impl Drop for MemoryAlarm {
         let args = ["set_vm_memory_high_watermark", watermark.as_str()];
         if let Err(error) = rabbitmqctl_blocking_on(&self.node, &args) {
             eprintln!("test cleanup: restoring the memory watermark: {error}");
+        }
+    }
+}
+
+/// A user of its own for one test, with a unique name and password and every permission on
+/// vhost `/`; deleted on drop. For per-user settings ([`TestUser::set_limits`]) that must not
+/// touch `guest`, whom the other tests use.
+#[derive(Debug)]
+pub struct TestUser {
+    name: String,
+    password: String,
+}
+
+impl TestUser {
+    /// Creates user `aw-test-{name}-{random}` with a random password and grants it
+    /// configure/write/read on everything in `/`.
+    ///
+    /// # Panics
+    /// When rabbitmqctl fails.
+    pub async fn create(name: &str) -> TestUser {
+        let user = TestUser {
+            name: unique_name(name),
+            password: unique_name("password"),
+        };
+        rabbitmqctl_ok(&["add_user", &user.name, &user.password]).await;
+        rabbitmqctl_ok(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]).await;
+        user
+    }
+
+    /// The user name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// Sets the user's limits (`rabbitmqctl set_user_limits`), a JSON object such as
+    /// `{"max-channels": 0}`.
+    ///
+    /// # Panics
+    /// When rabbitmqctl fails.
+    pub async fn set_limits(&self, limits: &str) {
+        rabbitmqctl_ok(&["set_user_limits", &self.name, limits]).await;
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        if let Err(error) = rabbitmqctl_blocking(&["delete_user", &self.name]) {
+            eprintln!("test cleanup: {error}");
         }
     }
 }
