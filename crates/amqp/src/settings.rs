@@ -1,5 +1,6 @@
 //! [`AmqpSettings`]: the connection defaults, from the `ASYNCWORKER_AMQP_DEFAULT_*` variables.
 
+use std::ffi::OsString;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -65,9 +66,10 @@ impl AmqpSettings {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the variable when one is set to a value that cannot be used.
+    /// [`Error::Config`] naming the variable when one is set to a value that cannot be used
+    /// (a value that is not UTF-8 included).
     pub fn from_env() -> Result<Self, Error> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_os_lookup(|name| std::env::var_os(name))
     }
 
     /// Like [`AmqpSettings::from_env`], reading variables through `lookup` (for tests and for
@@ -77,13 +79,24 @@ impl AmqpSettings {
     ///
     /// As [`AmqpSettings::from_env`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        Self::from_os_lookup(|name| lookup(name).map(OsString::from))
+    }
+
+    /// Like [`AmqpSettings::from_lookup`], with values as the environment holds them
+    /// (`OsString`s, which [`AmqpSettings::from_env`] reads with `std::env::var_os`): a
+    /// value that is not UTF-8 is an error naming the variable.
+    ///
+    /// # Errors
+    ///
+    /// As [`AmqpSettings::from_env`].
+    pub fn from_os_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, Error> {
         let mut settings = AmqpSettings::default();
         let vars = Variables::new(lookup);
         // A positive u16, or an error naming the variable and what it expects.
         let positive = |name: &str, expected: &str| {
             vars.parse(name, expected, |v| v.parse::<u16>().ok().filter(|n| *n > 0))
         };
-        if let Some(v) = vars.get("ASYNCWORKER_AMQP_DEFAULT_VHOST") {
+        if let Some(v) = vars.get("ASYNCWORKER_AMQP_DEFAULT_VHOST")? {
             settings.vhost = v;
         }
         if let Some(port) = positive("ASYNCWORKER_AMQP_DEFAULT_PORT", "a port, 1-65535")? {
@@ -156,6 +169,30 @@ mod tests {
         assert_eq!(s.heartbeat, Duration::from_secs(5));
         let blank = AmqpSettings::from_lookup(lookup(&[("ASYNCWORKER_AMQP_DEFAULT_PORT", " ")]));
         assert_eq!(blank.unwrap().port, 5672);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_value_that_is_not_utf8_is_an_error_naming_the_variable_not_the_value() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+
+        for name in [
+            "ASYNCWORKER_AMQP_DEFAULT_VHOST",
+            "ASYNCWORKER_AMQP_DEFAULT_PORT",
+            "ASYNCWORKER_AMQP_DEFAULT_PREFETCH_COUNT",
+            "ASYNCWORKER_AMQP_DEFAULT_HEARTBEAT",
+        ] {
+            let bad = OsString::from_vec(b"jobs\xff".to_vec());
+            let err =
+                AmqpSettings::from_os_lookup(|n| (n == name).then(|| bad.clone())).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, Error::Config(_)) && text.contains(name) && text.contains("UTF-8"),
+                "{text}"
+            );
+            assert!(!text.contains("jobs"), "the value is not shown: {text}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Settings from the environment, under the Python original's `ASYNCWORKER_*` names.
 
+use std::ffi::OsString;
 use std::time::Duration;
 
 use crate::Error;
@@ -18,7 +19,8 @@ use crate::Error;
 ///
 /// Precedence: a value set in code wins over the environment, which wins over the default.
 /// Every variable is read once, by [`Settings::from_env`] (which [`App::new`](crate::App::new)
-/// calls), and a malformed value is an error naming the variable — never silently ignored.
+/// calls), and a malformed value (a value that is not UTF-8 included) is an error naming the
+/// variable — never silently ignored.
 /// (The original defaults the log level to `ERROR` and ignores `FLUSH_TIMEOUT` and the
 /// heartbeat; here all of them take effect, and `info` is the default so a worker says what
 /// it is doing.)
@@ -53,7 +55,7 @@ impl Settings {
     ///
     /// When a variable is set to a value that cannot be used, naming the variable.
     pub fn from_env() -> Result<Self, Error> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_os_lookup(|name| std::env::var_os(name))
     }
 
     /// Like [`Settings::from_env`], reading variables through `lookup` (for tests and for
@@ -63,6 +65,17 @@ impl Settings {
     ///
     /// As [`Settings::from_env`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        Self::from_os_lookup(|name| lookup(name).map(OsString::from))
+    }
+
+    /// Like [`Settings::from_lookup`], with values as the environment holds them
+    /// (`OsString`s, which [`Settings::from_env`] reads with `std::env::var_os`): a value that
+    /// is not UTF-8 is an error naming the variable.
+    ///
+    /// # Errors
+    ///
+    /// As [`Settings::from_env`].
+    pub fn from_os_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, Error> {
         let mut settings = Settings::default();
         let vars = Variables::new(lookup);
         if let Some(level) = vars.parse(
@@ -102,16 +115,18 @@ impl Settings {
     }
 }
 
-/// Reads configuration variables through a lookup (the environment, or a map of your own),
-/// the way every `ASYNCWORKER_*` variable is read: values are trimmed, a blank value counts as
-/// unset, and a value that cannot be used is an [`Error::Config`] naming the variable and what
-/// it expects. Backends read their own variables with it.
+/// Reads configuration variables through a lookup (the environment — `std::env::var_os` —
+/// or a map of your own, returning `String`s or `OsString`s), the way every `ASYNCWORKER_*`
+/// variable is read: values are trimmed, a blank value counts as unset, and a value that
+/// cannot be used is an [`Error::Config`] naming the variable and what it expects. A value
+/// that is not UTF-8 is such an error too, naming the variable but not showing the value.
+/// Backends read their own variables with it.
 ///
 /// ```
 /// use asyncworker_core::Variables;
 ///
 /// let vars = Variables::new(|name| (name == "MY_PORT").then(|| " 80x ".to_owned()));
-/// assert_eq!(vars.get("OTHER"), None);
+/// assert_eq!(vars.get("OTHER").unwrap(), None);
 /// let error = vars.parse("MY_PORT", "a port", |v| v.parse::<u16>().ok()).unwrap_err();
 /// assert_eq!(error.to_string(), r#"invalid configuration: MY_PORT="80x" is not valid: expected a port"#);
 /// ```
@@ -120,17 +135,33 @@ pub struct Variables<F> {
     lookup: F,
 }
 
-impl<F: Fn(&str) -> Option<String>> Variables<F> {
+impl<F, V> Variables<F>
+where
+    F: Fn(&str) -> Option<V>,
+    V: Into<OsString>,
+{
     /// Read variables through `lookup`.
     pub fn new(lookup: F) -> Self {
         Variables { lookup }
     }
 
     /// The trimmed value of `name`, or `None` when it is unset or blank.
-    pub fn get(&self, name: &str) -> Option<String> {
-        (self.lookup)(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable when its value is not UTF-8 (the value is not
+    /// shown).
+    pub fn get(&self, name: &str) -> Result<Option<String>, Error> {
+        let Some(value) = (self.lookup)(name) else {
+            return Ok(None);
+        };
+        let value = value.into().into_string().map_err(|_| {
+            Error::config(format!(
+                "{name} is not valid UTF-8 (its value is not shown here)"
+            ))
+        })?;
+        let value = value.trim();
+        Ok((!value.is_empty()).then(|| value.to_owned()))
     }
 
     /// The value of `name` through `parse`, `None` when unset or blank.
@@ -138,14 +169,14 @@ impl<F: Fn(&str) -> Option<String>> Variables<F> {
     /// # Errors
     ///
     /// [`Error::Config`] naming the variable, its value and `expected` when `parse` returns
-    /// `None`.
+    /// `None`; naming the variable when its value is not UTF-8.
     pub fn parse<T>(
         &self,
         name: &str,
         expected: &str,
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> Result<Option<T>, Error> {
-        self.get(name)
+        self.get(name)?
             .map(|v| {
                 parse(&v).ok_or_else(|| {
                     Error::config(format!("{name}={v:?} is not valid: expected {expected}"))
@@ -213,6 +244,36 @@ mod tests {
         assert_eq!(s.log_level, tracing::Level::WARN);
         assert_eq!(s.flush_interval, Duration::from_millis(500));
         assert_eq!(s.metrics_prefix(), "acme_billing");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_value_that_is_not_utf8_is_an_error_naming_the_variable_not_the_value() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+
+        for name in [
+            "ASYNCWORKER_LOGLEVEL",
+            "ASYNCWORKER_FLUSH_TIMEOUT",
+            "ASYNCWORKER_METRICS_NAMESPACE",
+            "ASYNCWORKER_METRICS_APPPREFIX",
+        ] {
+            // "debug" followed by a byte that is not UTF-8.
+            let bad = OsString::from_vec(b"debug\xff".to_vec());
+            let err = Settings::from_os_lookup(|n| (n == name).then(|| bad.clone())).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, Error::Config(_)) && text.contains(name) && text.contains("UTF-8"),
+                "{text}"
+            );
+            assert!(!text.contains("debug"), "the value is not shown: {text}");
+        }
+        // A variable that is unset or valid UTF-8 reads as before through the same seam.
+        let s = Settings::from_os_lookup(|n| {
+            (n == "ASYNCWORKER_LOGLEVEL").then(|| OsString::from("debug"))
+        })
+        .unwrap();
+        assert_eq!(s.log_level, tracing::Level::DEBUG);
     }
 
     #[test]

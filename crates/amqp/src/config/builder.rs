@@ -14,10 +14,22 @@ use crate::AmqpSettings;
 /// Builds an [`AmqpConfig`]; every check happens in [`AmqpConfigBuilder::build`].
 ///
 /// Setters apply in call order, so `url(..)` followed by `prefetch(..)` overrides the URL's
+/// `prefetch`, and a URL given after a setter overrides what the URL names (a part the URL
+/// leaves out — the port, the credentials, the vhost — keeps the value set before).
+///
+/// Settings that contradict each other instead of overriding one another are an error at
+/// build, in whichever order they were given: TLS material ([`tls_ca_pem`], [`tls_ca_file`],
+/// a client certificate) with a plaintext connection (an `amqp://` URL, `tls(false)`).
+///
+/// [`tls_ca_pem`]: AmqpConfigBuilder::tls_ca_pem
+/// [`tls_ca_file`]: AmqpConfigBuilder::tls_ca_file
 #[derive(Clone)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct AmqpConfigBuilder {
-    pub(super) tls: bool,
+    /// TLS on or off as chosen explicitly, and by what (`"an amqp:// URL"`, `"tls(false)"`):
+    /// the URL's scheme or [`AmqpConfigBuilder::tls`], the later wins. `None`: not chosen,
+    /// TLS is on when TLS material is set.
+    pub(super) tls: Option<(bool, &'static str)>,
     pub(super) ca_pem: Option<String>,
     pub(super) client: Option<(Vec<u8>, Secret)>,
     pub(super) port: Option<u16>,
@@ -58,7 +70,7 @@ impl AmqpConfigBuilder {
 
     fn fixed_defaults() -> Self {
         AmqpConfigBuilder {
-            tls: false,
+            tls: None,
             ca_pem: None,
             client: None,
             port: None,
@@ -85,7 +97,7 @@ impl AmqpConfigBuilder {
 impl fmt::Debug for AmqpConfigBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("AmqpConfigBuilder");
-        d.field("tls", &self.tls)
+        d.field("tls", &self.tls.map(|(on, _)| on))
             .field("port", &self.port)
             .field("heartbeat", &self.heartbeat);
         self.common.debug_fields(&mut d).finish_non_exhaustive()
@@ -179,18 +191,19 @@ impl AmqpConfigBuilder {
         self
     }
 
-    /// Use TLS (`amqps://`). Implied by the `tls_*` settings and by an `amqps://` URL.
+    /// Use TLS (`amqps://`), or not. Implied by the `tls_*` settings and by an `amqps://`
+    /// URL; `tls(false)` with a `tls_*` setting is an error at build.
     pub fn tls(mut self, tls: bool) -> Self {
-        self.tls = tls;
+        self.tls = Some((tls, if tls { "tls(true)" } else { "tls(false)" }));
         self
     }
 
     /// Trust the CA certificate(s) in `pem` (PEM text) for the broker's certificate, besides
-    /// the bundled Mozilla roots (webpki-roots); implies TLS. Needed for a broker whose
-    /// certificate a private CA signed. The broker's certificate is always verified, against
-    /// the host name (or IP address) connected to.
+    /// the bundled Mozilla roots (webpki-roots); implies TLS (with an `amqp://` URL or
+    /// `tls(false)` it is an error at build). Needed for a broker whose certificate a private
+    /// CA signed. The broker's certificate is always verified, against the host name (or IP
+    /// address) connected to.
     pub fn tls_ca_pem(mut self, pem: impl Into<String>) -> Self {
-        self.tls = true;
         self.ca_pem = Some(pem.into());
         self
     }
@@ -211,13 +224,13 @@ impl AmqpConfigBuilder {
     }
 
     /// Present a client certificate: `cert_pem` is its chain (PEM) and `key_pem` its private
-    /// key (PEM: PKCS#8, PKCS#1 or SEC1). Implies TLS. The key is never shown by `Debug`.
+    /// key (PEM: PKCS#8, PKCS#1 or SEC1). Implies TLS, as [`AmqpConfigBuilder::tls_ca_pem`]
+    /// does. The key is never shown by `Debug`.
     pub fn tls_client_cert_pem(
         mut self,
         cert_pem: impl Into<Vec<u8>>,
         key_pem: impl Into<String>,
     ) -> Self {
-        self.tls = true;
         self.client = Some((cert_pem.into(), Secret(key_pem.into())));
         self
     }
@@ -251,8 +264,9 @@ impl AmqpConfigBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] naming the first problem: a malformed URL, an empty host, a prefetch
-    /// or heartbeat of 0, a name too long for AMQP, PEM data that is not PEM, an invalid
-    /// reconnect policy.
+    /// or heartbeat of 0, a name too long for AMQP, a `frame_max` below AMQP's minimum of
+    /// 4096 bytes, PEM data that is not PEM, TLS material on a plaintext connection, an
+    /// invalid reconnect policy.
     pub fn build(self) -> Result<AmqpConfig, Error> {
         if let Some(error) = self.error {
             return Err(Error::Config(error));
@@ -297,7 +311,38 @@ impl AmqpConfigBuilder {
                 "max_reconnect_attempts must be at least 1 (leave it unset to retry forever)",
             ));
         }
-        let tls = if self.tls {
+        if let Some(frame_max) = self.common.frame_max
+            && frame_max != 0
+            && frame_max < FRAME_MIN_SIZE
+        {
+            return Err(Error::config(format!(
+                "frame_max must be at least {FRAME_MIN_SIZE} bytes, AMQP's minimum frame size \
+                 (or 0 for the broker's limit), got {frame_max}: the broker would refuse every \
+                 connection"
+            )));
+        }
+        let material = match (&self.ca_pem, &self.client) {
+            (None, None) => None,
+            (Some(_), None) => Some("a TLS CA certificate (tls_ca_pem/tls_ca_file) is set"),
+            (None, Some(_)) => {
+                Some("a TLS client certificate (tls_client_cert_pem/tls_client_cert_files) is set")
+            }
+            (Some(_), Some(_)) => Some(
+                "a TLS CA certificate (tls_ca_pem/tls_ca_file) and a client certificate \
+                 (tls_client_cert_pem/tls_client_cert_files) are set",
+            ),
+        };
+        let use_tls = match (self.tls, material) {
+            (Some((false, by)), Some(material)) => {
+                return Err(Error::config(format!(
+                    "conflicting TLS settings: {material}, but {by} asks for a plaintext \
+                     connection; use an amqps:// URL (or tls(true)), or drop the TLS material"
+                )));
+            }
+            (Some((on, _)), _) => on,
+            (None, material) => material.is_some(),
+        };
+        let tls = if use_tls {
             if let Some(ca) = &self.ca_pem
                 && !ca.contains("-----BEGIN CERTIFICATE-----")
             {
@@ -343,6 +388,10 @@ impl AmqpConfigBuilder {
         })
     }
 }
+
+/// AMQP's minimum `frame_max` (`frame-min-size`): RabbitMQ refuses a smaller one at every
+/// connection.
+const FRAME_MIN_SIZE: u32 = 4096;
 
 /// Check that `value` fits an AMQP short string (255 bytes).
 pub(crate) fn check_short_string(what: &str, value: &str) -> Result<(), Error> {
@@ -462,6 +511,96 @@ mod tests {
             err(AmqpConfig::builder().max_reconnect_attempts(0).build())
                 .contains("max_reconnect_attempts")
         );
+    }
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn tls_material_with_a_plaintext_scheme_is_a_conflict_in_either_order() {
+        let ca_then_url = err(AmqpConfig::builder().tls_ca_pem(CA).url("amqp://h").build());
+        assert!(
+            ca_then_url.contains("tls_ca_pem") && ca_then_url.contains("amqp://"),
+            "{ca_then_url}"
+        );
+        let url_then_ca = err(AmqpConfig::builder().url("amqp://h").tls_ca_pem(CA).build());
+        assert!(url_then_ca.contains("amqp://"), "{url_then_ca}");
+        let client = err(AmqpConfig::builder()
+            .tls_client_cert_pem(CA, KEY)
+            .url("amqp://h")
+            .build());
+        assert!(
+            client.contains("client certificate") && client.contains("amqp://"),
+            "{client}"
+        );
+        let off = err(AmqpConfig::builder().tls_ca_pem(CA).tls(false).build());
+        assert!(
+            off.contains("tls(false)") && off.contains("tls_ca_pem"),
+            "{off}"
+        );
+        // Consistent settings still build, in any order.
+        for c in [
+            AmqpConfig::builder()
+                .tls_ca_pem(CA)
+                .url("amqps://h")
+                .build(),
+            AmqpConfig::builder()
+                .url("amqps://h")
+                .tls_ca_pem(CA)
+                .build(),
+            AmqpConfig::builder().tls_ca_pem(CA).build(),
+            AmqpConfig::builder()
+                .url("amqp://h")
+                .tls(true)
+                .tls_client_cert_pem(CA, KEY)
+                .build(),
+        ] {
+            let c = c.unwrap();
+            assert!(c.tls() && c.inner.tls.is_some(), "{c:?}");
+        }
+        // The same setting given twice: the later wins, as for every other value.
+        assert!(AmqpConfig::from_url("amqps://h").unwrap().tls());
+        assert!(
+            !AmqpConfig::builder()
+                .url("amqps://h")
+                .tls(false)
+                .build()
+                .unwrap()
+                .tls()
+        );
+    }
+
+    #[test]
+    fn a_url_without_a_port_keeps_the_port_set_before_it() {
+        let c = AmqpConfig::builder()
+            .port(5673)
+            .url("amqp://guest:guest@h/%2f")
+            .build()
+            .unwrap();
+        assert_eq!(c.port(), 5673);
+        let c = AmqpConfig::builder()
+            .port(5673)
+            .url("amqp://h:5674")
+            .build()
+            .unwrap();
+        assert_eq!(c.port(), 5674);
+    }
+
+    #[test]
+    fn frame_max_below_the_amqp_minimum_is_an_error_at_build() {
+        for url in ["amqp://h?frame_max=1024", "amqp://h?frame_max=4095"] {
+            let e = err(AmqpConfig::from_url(url));
+            assert!(e.contains("frame_max") && e.contains("4096"), "{url}: {e}");
+        }
+        for (url, frame_max) in [
+            ("amqp://h?frame_max=4096", Some(4096)),
+            ("amqp://h?frame_max=131072", Some(131_072)),
+            ("amqp://h?frame_max=0", Some(0)),
+            ("amqp://h", None),
+        ] {
+            let c = AmqpConfig::from_url(url).unwrap();
+            assert_eq!(c.inner.common.frame_max, frame_max, "{url}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use lapin::types::LongString;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Connection, ConnectionProperties};
 
-use super::AmqpConfig;
+use super::{AmqpConfig, check_short_string};
 use crate::error::AmqpError;
 
 impl AmqpConfig {
@@ -25,7 +25,8 @@ impl AmqpConfig {
     ///
     /// # Errors
     ///
-    /// As [`AmqpConfig::connect`].
+    /// As [`AmqpConfig::connect`]; [`AmqpError::Connect`] without any I/O when `vhost` is
+    /// longer than AMQP's 255 bytes.
     pub async fn connect_vhost(&self, vhost: &str) -> Result<Connection, AmqpError> {
         self.connect_attempt(vhost, 1).await
     }
@@ -37,6 +38,13 @@ impl AmqpConfig {
     ) -> Result<Connection, AmqpError> {
         let endpoint = self.endpoint(vhost);
         let fail = |e: lapin::Error| AmqpError::connect(endpoint.clone(), attempt, e);
+        // lapin panics on a vhost that does not fit a short string.
+        check_short_string("vhost", vhost).map_err(|error| {
+            fail(lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                error.to_string(),
+            )))
+        })?;
         let runtime = lapin::runtime::default_runtime().map_err(&fail)?;
         let inner = &*self.inner;
         let uri = AMQPUri {

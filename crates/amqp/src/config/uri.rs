@@ -8,12 +8,14 @@ use super::values::Secret;
 impl AmqpConfigBuilder {
     pub(super) fn apply_url(&mut self, raw: &str) -> Result<(), String> {
         // Never echo `raw`: it may hold a password.
-        let url = url::Url::parse(raw.trim()).map_err(|e| {
+        let raw = raw.trim();
+        check_misplaced_password(raw)?;
+        let url = url::Url::parse(raw).map_err(|e| {
             format!("malformed AMQP URL ({e}); expected amqp://user:password@host:port/vhost")
         })?;
         match url.scheme() {
-            "amqp" => self.tls = false,
-            "amqps" => self.tls = true,
+            "amqp" => self.tls = Some((false, "the amqp:// URL")),
+            "amqps" => self.tls = Some((true, "the amqps:// URL")),
             other => {
                 return Err(format!(
                     "unsupported URL scheme {other:?}: expected amqp:// or amqps://"
@@ -30,7 +32,9 @@ impl AmqpConfigBuilder {
             return Err("the AMQP URL has no host".to_owned());
         }
         self.common.host = host;
-        self.port = url.port();
+        if let Some(port) = url.port() {
+            self.port = Some(port);
+        }
         if !url.username().is_empty() {
             self.common.user = percent_decode(url.username(), "user name")?;
         }
@@ -93,6 +97,38 @@ impl AmqpConfigBuilder {
     }
 }
 
+/// How to write a password (or vhost) holding reserved characters, for the errors of
+/// [`check_misplaced_password`].
+const PERCENT_ENCODE: &str = "percent-encode reserved characters in the password (and in the \
+     vhost): `?` as %3F, `/` as %2F, `#` as %23, `@` as %40, `%` as %25";
+
+/// Rejects what can only be a password holding a reserved character written as it is: an `@`
+/// after the host part (in the path or the query: `amqp://svc:?Zt9q@rabbit` would read
+/// `Zt9q@rabbit` as a query, `amqp://svc:123/Zt9q@rabbit` as port 123 and vhost
+/// `Zt9q@rabbit`), or a `#` anywhere (AMQP URLs have no fragment). The error never repeats
+/// any part of the URL.
+fn check_misplaced_password(raw: &str) -> Result<(), String> {
+    if raw.contains('#') {
+        return Err(format!(
+            "the AMQP URL contains a '#', which AMQP URLs do not use (it would cut the URL \
+             short): if it is part of the password, {PERCENT_ENCODE}"
+        ));
+    }
+    // The host part ends at the first `/` or `?` after the scheme's `://`, as the URL parser
+    // reads it; user info ends at the last `@` before that.
+    let after_scheme = raw.split_once("://").map_or(raw, |(_, rest)| rest);
+    if let Some(end) = after_scheme.find(['/', '?'])
+        && after_scheme[end..].contains('@')
+    {
+        return Err(format!(
+            "the AMQP URL has an '@' after its host part (in the vhost or the query): the \
+             password probably holds a reserved character written as it is, which cut the \
+             URL short; {PERCENT_ENCODE}"
+        ));
+    }
+    Ok(())
+}
+
 /// Percent-decodes one part of the URL (`what` names it in errors) with `percent-encoding`.
 /// That crate passes a malformed escape (`%zz`, a `%` at the end) through as text; here it is
 /// an error, so a typo in a password or vhost never connects with the wrong value.
@@ -151,6 +187,61 @@ mod tests {
         assert_eq!(c.prefetch(), 10);
         assert_eq!(c.connection_name(), Some("w1"));
         assert_eq!(c.connection_timeout(), Duration::from_millis(2500));
+    }
+
+    fn url_error(url: &str) -> String {
+        match AmqpConfig::from_url(url) {
+            Err(asyncworker_core::Error::Config(m)) => m,
+            other => panic!("{url}: expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_password_with_reserved_characters_written_as_is_is_a_clear_error() {
+        // The password is `?Zt9q`, `123/Zt9q`, `ab#cd`, `p?w`, `a/b`: each read some other way
+        // (a query, a port and a vhost, a fragment, a bad port) unless percent-encoded.
+        for (url, secret) in [
+            ("amqp://svc:?Zt9q@rabbit", "Zt9q"),
+            ("amqp://svc:123/Zt9q@rabbit", "Zt9q"),
+            ("amqp://svc:123/Zt9q@rabbit:5672/%2f", "Zt9q"),
+            ("amqp://svc:ab#cd@rabbit/%2f", "cd@rabbit"),
+            ("amqp://svc:12#cd@rabbit", "cd@rabbit"),
+            ("amqps://svc:p?w@rabbit:5671/jobs?heartbeat=5", "p?w"),
+            ("amqp://svc:a/b@rabbit", "a/b"),
+        ] {
+            let e = url_error(url);
+            assert!(
+                e.contains("percent-encode") && e.contains("password") && e.contains("%3F"),
+                "{url}: {e}"
+            );
+            assert!(!e.contains(secret) && !e.contains("rabbit"), "{url}: {e}");
+        }
+        assert!(url_error("amqp://svc:ab#cd@rabbit").contains("%23"));
+    }
+
+    #[test]
+    fn percent_encoded_reserved_characters_in_a_password_still_parse() {
+        for (url, password, vhost) in [
+            ("amqp://svc:%3FZt9q@rabbit", "?Zt9q", "/"),
+            ("amqp://svc:123%2FZt9q@rabbit/%2f", "123/Zt9q", "/"),
+            ("amqp://svc:ab%23cd@rabbit/jobs", "ab#cd", "jobs"),
+            ("amqp://svc:p%40ss@rabbit/a%40b", "p@ss", "a@b"),
+            // An `@` or `:` inside the user info is unambiguous and kept as it is.
+            ("amqp://svc:p@ss@rabbit", "p@ss", "/"),
+            ("amqp://svc:pa:ss@rabbit:5673", "pa:ss", "/"),
+        ] {
+            let c = AmqpConfig::from_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(
+                (
+                    c.user(),
+                    c.inner.common.password.0.as_str(),
+                    c.host(),
+                    c.vhost()
+                ),
+                ("svc", password, "rabbit", vhost),
+                "{url}"
+            );
+        }
     }
 
     #[test]

@@ -130,8 +130,15 @@ impl AmqpConfig {
     ///
     /// The URL follows RabbitMQ's URI spec: `amqp://user:password@host:port/vhost`, with the
     /// user, password and vhost percent-encoded (`%2f` is the vhost `/`; no path means `/` as
-    /// well). Query parameters: `heartbeat` (seconds), `connection_timeout` (milliseconds),
-    /// `prefetch`, `connection_name`, `frame_max`, `channel_max`; any other is an error.
+    /// well). A password holding `?`, `/`, `#`, `@` or `%` must have them encoded (`%3F`,
+    /// `%2F`, `%23`, `%40`, `%25`): written as they are they end the user info early, so an
+    /// `@` after the host part or any `#` is an error, not a vhost or a query to guess at.
+    ///
+    /// Query parameters: `heartbeat` (seconds), `connection_timeout` (milliseconds),
+    /// `prefetch`, `connection_name`, `frame_max` (bytes, at least 4096, AMQP's minimum; 0 or
+    /// unset: the broker's limit), `channel_max` (0 or unset: the broker's limit; a larger
+    /// value is lowered to it; each queue of a source takes a channel, a publisher up to
+    /// two); any other is an error.
     ///
     /// # Errors
     ///

@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 use super::publisher::{Inner, Origin};
 use super::{DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher};
 use crate::AmqpConfig;
+use crate::config::check_short_string;
 
 /// Options for a [`Publisher`]: confirms, the default of `mandatory`, the timeout.
 #[derive(Debug, Clone)]
@@ -66,7 +67,8 @@ impl PublisherBuilder {
     ///
     /// # Errors
     ///
-    /// [`PublishError::InvalidOptions`] for a zero timeout; [`PublishError::Connect`] when the
+    /// [`PublishError::InvalidOptions`] for a zero timeout or a [`PublisherBuilder::vhost`]
+    /// longer than AMQP's 255 bytes; [`PublishError::Connect`] when the
     /// broker cannot be reached (no retry here: the next publish tries again);
     /// [`PublishError::Amqp`] when the channel cannot be set up; [`PublishError::Timeout`]
     /// when that takes longer than the publish timeout.
@@ -76,6 +78,9 @@ impl PublisherBuilder {
             .vhost
             .take()
             .unwrap_or_else(|| config.vhost().to_owned());
+        check_short_string("vhost", &vhost).map_err(|_| {
+            PublishError::InvalidOptions("the vhost is longer than AMQP's 255 bytes")
+        })?;
         let connection = config
             .connect_vhost(&vhost)
             .await
