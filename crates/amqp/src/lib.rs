@@ -91,7 +91,7 @@ pub use config::{
 pub use error::{AmqpError, Endpoint};
 pub use message::{AmqpMessage, DecodeError, REQUEUE_COUNT_HEADER};
 pub use publish::{
-    DEFAULT_PUBLISH_TIMEOUT, HeaderValue, JSON_CONTENT_TYPE, OutgoingMessage, PublishError,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PUBLISH_TIMEOUT, HeaderValue, JSON_CONTENT_TYPE, OutgoingMessage, PublishError,
     Publisher, PublisherBuilder,
 };
 pub use settings::AmqpSettings;

@@ -18,13 +18,18 @@ pub enum PublishError {
     /// The publisher's options are invalid (found when it is built).
     #[error("invalid publisher options: {0}")]
     InvalidOptions(&'static str),
-    /// A field of the message does not fit AMQP: the exchange, the routing key, a header name
-    /// or a short-string property (content type, message id, ...) longer than 255 bytes.
-    /// Nothing was sent.
-    #[error("invalid message: its {field} is longer than AMQP's 255 bytes")]
+    /// A field of the message is one the broker would refuse — and refuse by closing the
+    /// channel, failing every publish in flight on it: the exchange, the routing key, a header
+    /// name or a short-string property (content type, message id, ...) longer than AMQP's 255
+    /// bytes; an expiration over RabbitMQ's cap; a user id that is not the connection's user;
+    /// a body over the broker's maximum message size. Nothing was sent.
+    #[error("invalid message: its {field} {problem}")]
     InvalidMessage {
-        /// The field that does not fit (`exchange`, `routing key`, `message id`, ...).
+        /// The field that does not fit (`exchange`, `routing key`, `message id`, `expiration`,
+        /// `user id`, `body`, ...).
         field: &'static str,
+        /// What is wrong with it (`is longer than AMQP's 255 bytes`, ...).
+        problem: String,
     },
     /// A mandatory message reached no queue: the broker returned it (`basic.return`).
     #[error(
@@ -60,6 +65,24 @@ pub enum PublishError {
         exchange: String,
         /// The broker's explanation.
         reason: String,
+    },
+    /// The broker closed the channel because of *another* message published on it (to an
+    /// exchange that does not exist, say): every publish whose confirm was pending failed with
+    /// it. This message may or may not have been stored — it was, if the broker had routed it
+    /// before the bad one; retrying it may produce a duplicate. The publisher opens another
+    /// channel for the next message.
+    #[error(
+        "publishing to exchange {exchange:?} with routing key {routing_key:?} failed: the \
+         broker closed the channel because of another message published on it; this message \
+         may or may not have been stored"
+    )]
+    ChannelClosed {
+        /// The exchange it was published to.
+        exchange: String,
+        /// Its routing key.
+        routing_key: String,
+        /// The broker's reason for closing the channel (the other message's fault).
+        source: Box<lapin::Error>,
     },
     /// The publish did not complete within the publisher's timeout: the broker is unreachable,
     /// slow, or has blocked the connection (a memory or disk alarm). The message may still

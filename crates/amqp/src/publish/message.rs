@@ -167,16 +167,17 @@ impl OutgoingMessage {
     ///
     /// [`PublishError::InvalidMessage`] when a field of the message does not fit AMQP.
     pub(super) fn destination(&self) -> Result<(ShortString, ShortString), PublishError> {
+        let too_long = |field| PublishError::InvalidMessage {
+            field,
+            problem: "is longer than AMQP's 255 bytes".to_owned(),
+        };
         if let Some(field) = self.invalid {
-            return Err(PublishError::InvalidMessage { field });
+            return Err(too_long(field));
         }
-        let exchange = ShortString::try_new(self.exchange.as_str())
-            .map_err(|_| PublishError::InvalidMessage { field: "exchange" })?;
-        let routing_key = ShortString::try_new(self.routing_key.as_str()).map_err(|_| {
-            PublishError::InvalidMessage {
-                field: "routing key",
-            }
-        })?;
+        let exchange =
+            ShortString::try_new(self.exchange.as_str()).map_err(|_| too_long("exchange"))?;
+        let routing_key =
+            ShortString::try_new(self.routing_key.as_str()).map_err(|_| too_long("routing key"))?;
         Ok((exchange, routing_key))
     }
 
@@ -486,7 +487,7 @@ mod tests {
         for (field, set) in setters {
             let message = set(OutgoingMessage::new("", "q", "x"), long.clone());
             match message.destination() {
-                Err(PublishError::InvalidMessage { field: f }) => assert_eq!(f, field),
+                Err(PublishError::InvalidMessage { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: expected InvalidMessage, got {other:?}"),
             }
         }

@@ -17,5 +17,9 @@ pub use publisher::Publisher;
 /// [`PublisherBuilder::timeout`] says otherwise.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest body a publisher sends unless [`PublisherBuilder::max_message_size`] says
+/// otherwise: 128 MiB, RabbitMQ's default `max_message_size`.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
+
 /// The content type of [`OutgoingMessage::json`] messages.
 pub const JSON_CONTENT_TYPE: &str = "application/json";

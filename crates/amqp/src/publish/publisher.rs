@@ -97,6 +97,10 @@ pub(super) struct Inner {
     pub(super) confirms: bool,
     pub(super) mandatory: bool,
     pub(super) timeout: Duration,
+    /// The largest body sent ([`PublisherBuilder::max_message_size`]).
+    pub(super) max_message_size: usize,
+    /// Whether any user id may be sent ([`PublisherBuilder::impersonator`]).
+    pub(super) impersonator: bool,
     /// The current connection (for [`Origin::Config`], replaced when it dies).
     pub(super) connection: Mutex<Arc<Connection>>,
     /// Whether the broker has blocked the current connection; read when a publish times out.
