@@ -728,7 +728,8 @@ async fn confirm_goes_to_its_own_publish() {
         overflow: Some("reject-publish"),
         ..QueueSpec::default()
     };
-    let nacking = TestQueue::declare_with(&connection, "publish-own-confirm-nacks", &refusing).await;
+    let nacking =
+        TestQueue::declare_with(&connection, "publish-own-confirm-nacks", &refusing).await;
     let taking = TestQueue::declare(&connection, "publish-own-confirm-takes").await;
     let publisher = Publisher::connect(&config()).await.expect("publisher");
     let large = bytes::Bytes::from(vec![b'x'; 256 * 1024]);
@@ -744,7 +745,11 @@ async fn confirm_goes_to_its_own_publish() {
                     if i % 2 == 0 {
                         let outcome = publisher.publish_bytes("", &nacking, large.clone()).await;
                         if !matches!(outcome, Err(PublishError::Nacked { .. })) {
-                            mismatches.push((task, i, format!("to the nacking queue: {outcome:?}")));
+                            mismatches.push((
+                                task,
+                                i,
+                                format!("to the nacking queue: {outcome:?}"),
+                            ));
                         }
                     } else {
                         let outcome = publisher.publish_bytes("", &taking, "small").await;
@@ -823,16 +828,21 @@ async fn a_missing_exchange_fails_its_neighbours_as_collateral_not_as_not_found(
         OutgoingMessage::new(missing.as_str(), "key", "x"),
     )
     .await;
-    assert!(
-        matches!(&outcomes[50], Err(PublishError::ExchangeNotFound { exchange, .. }) if *exchange == missing),
-        "{:?}",
-        outcomes[50]
-    );
+    match &outcomes[50] {
+        Err(PublishError::ExchangeNotFound { exchange, .. }) => assert_eq!(exchange, &missing),
+        other => panic!("expected ExchangeNotFound, got {other:?}"),
+    }
     let (ok, collateral) = neighbours(&outcomes, 50);
-    assert!(collateral > 0, "the messages behind the bad one were discarded");
+    assert!(
+        collateral > 0,
+        "the messages behind the bad one were discarded"
+    );
     // Those confirmed are stored; a collateral failure may or may not be.
     let stored = message_count(&connection, &queue).await as usize;
-    assert!(stored >= ok && stored <= ok + collateral, "{stored} stored, {ok} ok");
+    assert!(
+        stored >= ok && stored <= ok + collateral,
+        "{stored} stored, {ok} ok"
+    );
 
     publisher
         .publish_bytes("", &queue, "after")
@@ -889,7 +899,10 @@ async fn a_user_id_other_than_the_connections_user_is_invalid_before_sending() {
         Err(error @ PublishError::InvalidMessage { field, .. }) => {
             assert_eq!(*field, "user id");
             let text = error.to_string();
-            assert!(text.contains("somebody-else") && text.contains("guest"), "{text}");
+            assert!(
+                text.contains("somebody-else") && text.contains("guest"),
+                "{text}"
+            );
         }
         other => panic!("expected InvalidMessage, got {other:?}"),
     }
@@ -982,12 +995,17 @@ async fn returned_messages_without_confirms_are_reported_not_kept() {
         .filter_map(|(key, _, _, value)| {
             let (_, key) = key.into_parts();
             match value {
-                DebugValue::Counter(n) if key.name() == "asyncworker_amqp_publish_returned_total" => {
+                DebugValue::Counter(n)
+                    if key.name() == "asyncworker_amqp_publish_returned_total" =>
+                {
                     Some(n)
                 }
                 _ => None,
             }
         })
         .sum();
-    assert_eq!(returned, N, "every returned message taken from lapin and counted");
+    assert_eq!(
+        returned, N,
+        "every returned message taken from lapin and counted"
+    );
 }

@@ -69,8 +69,7 @@ impl PublisherBuilder {
     /// Whether the connection's user has RabbitMQ's `impersonator` tag, which lets it publish
     /// messages with any user id (default off: a user id that is not the connection's user is
     /// [`PublishError::InvalidMessage`] before anything is sent, as the broker would close the
-    /// channel over it). Only checked when the publisher knows its user
-    /// ([`PublisherBuilder::connect`]).
+    /// channel over it).
     pub fn impersonator(mut self, impersonator: bool) -> Self {
         self.impersonator = impersonator;
         self
@@ -145,6 +144,7 @@ impl PublisherBuilder {
                 timeout: self.timeout,
                 max_message_size: self.max_message_size,
                 impersonator: self.impersonator,
+                send_turn: std::sync::Mutex::new(()),
                 connection: Mutex::new(connection),
                 status: std::sync::Mutex::new(status),
                 shared: Mutex::new(None),

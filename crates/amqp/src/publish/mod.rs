@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub use builder::PublisherBuilder;
 pub use error::PublishError;
-pub use message::{HeaderValue, OutgoingMessage};
+pub use message::{HeaderValue, MAX_EXPIRATION_MS, OutgoingMessage};
 pub use publisher::Publisher;
 
 /// How long a publish may take, from the call to the broker's confirm, unless
