@@ -972,6 +972,16 @@ async fn returned_messages_without_confirms_are_reported_not_kept() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _local = metrics::set_default_local_recorder(&recorder);
+    // Our logs, on this thread (lapin's own, which print the body, are another matter).
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,lapin=off"))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
 
     let publisher = Publisher::builder()
         .confirms(false)
@@ -1008,4 +1018,36 @@ async fn returned_messages_without_confirms_are_reported_not_kept() {
         returned, N,
         "every returned message taken from lapin and counted"
     );
+    let logs = logs.text();
+    assert_eq!(
+        logs.matches("returned a mandatory message").count() as u64,
+        N,
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&nowhere) && logs.contains("NO_ROUTE"),
+        "{logs}"
+    );
+    assert!(!logs.contains("secret body"), "no body in our logs: {logs}");
+}
+
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
