@@ -91,8 +91,8 @@ pub use config::{
 pub use error::{AmqpError, Endpoint};
 pub use message::{AmqpMessage, DecodeError, REQUEUE_COUNT_HEADER};
 pub use publish::{
-    DEFAULT_PUBLISH_TIMEOUT, HeaderValue, JSON_CONTENT_TYPE, OutgoingMessage, PublishError,
-    Publisher, PublisherBuilder,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PUBLISH_TIMEOUT, HeaderValue, JSON_CONTENT_TYPE,
+    MAX_EXPIRATION_MS, OutgoingMessage, PublishError, Publisher, PublisherBuilder,
 };
 pub use settings::AmqpSettings;
 pub use source::{AmqpSource, AmqpSourceBuilder, AmqpStream};

@@ -707,3 +707,347 @@ async fn publishes_to_the_vhost_it_is_given() {
     let listed = queue_info(vhost.name(), "jobs").await.expect("listed");
     assert_eq!(listed.messages_ready, 1);
 }
+
+/// The outcomes of publishes that came back as another publish's: `(task, index, outcome)`.
+type Mismatches = Vec<(usize, usize, String)>;
+
+/// lapin numbers a publish (its delivery tag, which the broker's confirm names) under one lock
+/// and queues its frames under another: two publishes racing on one channel could reach the
+/// broker in the other order than their numbers, and each get the other's confirm — a nacked
+/// message reported stored. 16 tasks on a multi-thread runtime share one publisher and
+/// alternate large messages to a queue that nacks every publish with small ones to a queue
+/// that takes them: each must get its own outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirm_goes_to_its_own_publish() {
+    const TASKS: usize = 16;
+    const PER_TASK: usize = 40;
+    let _shared = BROKER_ALARM.read().await;
+    let connection = connect().await;
+    let refusing = QueueSpec {
+        max_length: Some(0),
+        overflow: Some("reject-publish"),
+        ..QueueSpec::default()
+    };
+    let nacking =
+        TestQueue::declare_with(&connection, "publish-own-confirm-nacks", &refusing).await;
+    let taking = TestQueue::declare(&connection, "publish-own-confirm-takes").await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+    let large = bytes::Bytes::from(vec![b'x'; 256 * 1024]);
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let publisher = publisher.clone();
+            let (nacking, taking) = (nacking.to_string(), taking.to_string());
+            let large = large.clone();
+            tokio::spawn(async move {
+                let mut mismatches = Mismatches::new();
+                for i in 0..PER_TASK {
+                    if i % 2 == 0 {
+                        let outcome = publisher.publish_bytes("", &nacking, large.clone()).await;
+                        if !matches!(outcome, Err(PublishError::Nacked { .. })) {
+                            mismatches.push((
+                                task,
+                                i,
+                                format!("to the nacking queue: {outcome:?}"),
+                            ));
+                        }
+                    } else {
+                        let outcome = publisher.publish_bytes("", &taking, "small").await;
+                        if outcome.is_err() {
+                            mismatches.push((task, i, format!("to the taking queue: {outcome:?}")));
+                        }
+                    }
+                }
+                mismatches
+            })
+        })
+        .collect();
+    let mut mismatches = Mismatches::new();
+    for task in tasks {
+        mismatches.extend(task.await.expect("publishing task"));
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} publishes got another's outcome, first: {:?}",
+        mismatches.len(),
+        TASKS * PER_TASK,
+        &mismatches[..mismatches.len().min(3)]
+    );
+    assert_eq!(
+        message_count(&connection, &taking).await as usize,
+        TASKS * PER_TASK / 2
+    );
+}
+
+/// How the concurrent neighbours of one bad message fared: `(ok, collateral)`; panics on any
+/// other outcome.
+fn neighbours(outcomes: &[Result<(), PublishError>], bad: usize) -> (usize, usize) {
+    let (mut ok, mut collateral) = (0, 0);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i == bad {
+            continue;
+        }
+        match outcome {
+            Ok(()) => ok += 1,
+            Err(error @ PublishError::ChannelClosed { .. }) => {
+                let text = error.to_string();
+                assert!(text.contains("may or may not have been stored"), "{text}");
+                collateral += 1;
+            }
+            Err(other) => panic!("message {i}, a good one, failed with {other:?}"),
+        }
+    }
+    (ok, collateral)
+}
+
+/// Publishes 100 good messages to `queue` concurrently with `bad` (the 51st): their outcomes.
+async fn publish_beside(
+    publisher: &Publisher,
+    queue: &str,
+    bad: OutgoingMessage,
+) -> Vec<Result<(), PublishError>> {
+    let mut messages: Vec<OutgoingMessage> = (0..100)
+        .map(|i| OutgoingMessage::json("", queue, &i).expect("json"))
+        .collect();
+    messages.insert(50, bad);
+    publisher.publish_all(messages).await
+}
+
+/// A publish to a missing exchange makes the broker close the channel, failing every confirm
+/// pending on it: only the culprit is `ExchangeNotFound`; its neighbours are `ChannelClosed`
+/// (may or may not be stored), never blamed for an exchange they did not use.
+#[tokio::test]
+async fn a_missing_exchange_fails_its_neighbours_as_collateral_not_as_not_found() {
+    let (_shared, connection, queue) = setup("publish-404-neighbours").await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+    let missing = unique_name("no-such-exchange");
+
+    let outcomes = publish_beside(
+        &publisher,
+        &queue,
+        OutgoingMessage::new(missing.as_str(), "key", "x"),
+    )
+    .await;
+    match &outcomes[50] {
+        Err(PublishError::ExchangeNotFound { exchange, .. }) => assert_eq!(exchange, &missing),
+        other => panic!("expected ExchangeNotFound, got {other:?}"),
+    }
+    let (ok, collateral) = neighbours(&outcomes, 50);
+    assert!(
+        collateral > 0,
+        "the messages behind the bad one were discarded"
+    );
+    // Those confirmed are stored; a collateral failure may or may not be.
+    let stored = message_count(&connection, &queue).await as usize;
+    assert!(
+        stored >= ok && stored <= ok + collateral,
+        "{stored} stored, {ok} ok"
+    );
+
+    publisher
+        .publish_bytes("", &queue, "after")
+        .await
+        .expect("published on a fresh channel");
+}
+
+/// RabbitMQ refuses a per-message TTL over ten years (315 360 000 000 ms,
+/// `rabbit_misc:check_expiry`) by closing the channel; the publisher says so before sending,
+/// and the neighbours are unharmed.
+#[tokio::test]
+async fn an_expiration_over_rabbitmqs_cap_is_invalid_before_sending() {
+    let (_shared, connection, queue) = setup("publish-expiration-cap").await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+    let cap = Duration::from_millis(315_360_000_000);
+
+    let outcomes = publish_beside(
+        &publisher,
+        &queue,
+        OutgoingMessage::new("", queue.as_str(), "x").expiration(cap + Duration::from_millis(1)),
+    )
+    .await;
+    match &outcomes[50] {
+        Err(error @ PublishError::InvalidMessage { field, .. }) => {
+            assert_eq!(*field, "expiration");
+            assert!(error.to_string().contains("315360000000"), "{error}");
+        }
+        other => panic!("expected InvalidMessage, got {other:?}"),
+    }
+    assert_eq!(neighbours(&outcomes, 50), (100, 0));
+    assert_eq!(message_count(&connection, &queue).await, 100);
+
+    // The cap itself is accepted.
+    publisher
+        .publish(OutgoingMessage::new("", queue.as_str(), "x").expiration(cap))
+        .await
+        .expect("a TTL of exactly the cap is valid");
+}
+
+/// RabbitMQ refuses a message whose user id is not the connection's user by closing the
+/// channel; the publisher knows its user and says so before sending.
+#[tokio::test]
+async fn a_user_id_other_than_the_connections_user_is_invalid_before_sending() {
+    let (_shared, connection, queue) = setup("publish-user-id").await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+
+    let outcomes = publish_beside(
+        &publisher,
+        &queue,
+        OutgoingMessage::new("", queue.as_str(), "x").user_id("somebody-else"),
+    )
+    .await;
+    match &outcomes[50] {
+        Err(error @ PublishError::InvalidMessage { field, .. }) => {
+            assert_eq!(*field, "user id");
+            let text = error.to_string();
+            assert!(
+                text.contains("somebody-else") && text.contains("guest"),
+                "{text}"
+            );
+        }
+        other => panic!("expected InvalidMessage, got {other:?}"),
+    }
+    assert_eq!(neighbours(&outcomes, 50), (100, 0));
+
+    publisher
+        .publish(OutgoingMessage::new("", queue.as_str(), "x").user_id("guest"))
+        .await
+        .expect("the connection's own user id is valid");
+    assert_eq!(message_count(&connection, &queue).await, 101);
+}
+
+/// A body over the broker's `max_message_size` (128 MiB by default) makes RabbitMQ close the
+/// channel; the publisher refuses it before sending — against the broker's default, or the
+/// limit it is given.
+#[tokio::test]
+async fn a_body_over_the_max_message_size_is_invalid_before_sending() {
+    let (_shared, connection, queue) = setup("publish-max-size").await;
+    let publisher = Publisher::connect(&config()).await.expect("publisher");
+
+    let huge = vec![0u8; 128 * 1024 * 1024 + 1];
+    let outcomes = publish_beside(
+        &publisher,
+        &queue,
+        OutgoingMessage::new("", queue.as_str(), huge),
+    )
+    .await;
+    match &outcomes[50] {
+        Err(error @ PublishError::InvalidMessage { field, .. }) => {
+            assert_eq!(*field, "body");
+            assert!(error.to_string().contains("134217728"), "{error}");
+        }
+        other => panic!("expected InvalidMessage, got {other:?}"),
+    }
+    assert_eq!(neighbours(&outcomes, 50), (100, 0));
+    assert_eq!(message_count(&connection, &queue).await, 100);
+
+    let small = Publisher::builder()
+        .max_message_size(1024)
+        .connect(&config())
+        .await
+        .expect("publisher");
+    let error = small
+        .publish_bytes("", &queue, vec![0u8; 1025])
+        .await
+        .expect_err("over the configured limit");
+    assert!(
+        matches!(error, PublishError::InvalidMessage { field: "body", .. }),
+        "{error:?}"
+    );
+    small
+        .publish_bytes("", &queue, vec![0u8; 1024])
+        .await
+        .expect("exactly the limit is fine");
+}
+
+/// With confirms off and mandatory on, lapin keeps each returned message until
+/// `wait_for_confirms`, which a publisher never needs: they piled up without bound. The
+/// publisher takes them from lapin, logs and counts each one.
+#[tokio::test]
+async fn returned_messages_without_confirms_are_reported_not_kept() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    const N: u64 = 50;
+
+    let _shared = BROKER_ALARM.read().await;
+    // Thread-local, as in `publish_outcomes_are_counted`.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    // Our logs, on this thread (lapin's own, which print the body, are another matter).
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,lapin=off"))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+
+    let publisher = Publisher::builder()
+        .confirms(false)
+        .mandatory(true)
+        .connect(&config())
+        .await
+        .expect("publisher");
+    let nowhere = unique_name("no-such-queue");
+    for _ in 0..N {
+        publisher
+            .publish_bytes("", &nowhere, "secret body")
+            .await
+            .expect("sent (no confirm to wait for)");
+    }
+    publisher.close().await.expect("closed");
+
+    let returned: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let (_, key) = key.into_parts();
+            match value {
+                DebugValue::Counter(n)
+                    if key.name() == "asyncworker_amqp_publish_returned_total" =>
+                {
+                    Some(n)
+                }
+                _ => None,
+            }
+        })
+        .sum();
+    assert_eq!(
+        returned, N,
+        "every returned message taken from lapin and counted"
+    );
+    let logs = logs.text();
+    assert_eq!(
+        logs.matches("returned a mandatory message").count() as u64,
+        N,
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&nowhere) && logs.contains("NO_ROUTE"),
+        "{logs}"
+    );
+    assert!(!logs.contains("secret body"), "no body in our logs: {logs}");
+}
+
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -7,7 +7,7 @@ use lapin::Connection;
 use tokio::sync::Mutex;
 
 use super::publisher::{Inner, Origin};
-use super::{DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher};
+use super::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher};
 use crate::AmqpConfig;
 use crate::config::check_short_string;
 
@@ -19,6 +19,8 @@ pub struct PublisherBuilder {
     mandatory: bool,
     timeout: Duration,
     vhost: Option<String>,
+    max_message_size: usize,
+    impersonator: bool,
 }
 
 impl Default for PublisherBuilder {
@@ -28,6 +30,8 @@ impl Default for PublisherBuilder {
             mandatory: false,
             timeout: DEFAULT_PUBLISH_TIMEOUT,
             vhost: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            impersonator: false,
         }
     }
 }
@@ -51,6 +55,24 @@ impl PublisherBuilder {
     /// [`DEFAULT_PUBLISH_TIMEOUT`]); must be greater than zero.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The largest body the broker accepts, in bytes: its `max_message_size` (AMQP does not
+    /// announce it), default [`DEFAULT_MAX_MESSAGE_SIZE`], RabbitMQ's own default. A larger
+    /// body is [`PublishError::InvalidMessage`] before anything is sent: the broker would
+    /// close the channel, failing every publish in flight on it.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Whether the connection's user has RabbitMQ's `impersonator` tag, which lets it publish
+    /// messages with any user id (default off: a user id that is not the connection's user is
+    /// [`PublishError::InvalidMessage`] before anything is sent, as the broker would close the
+    /// channel over it).
+    pub fn impersonator(mut self, impersonator: bool) -> Self {
+        self.impersonator = impersonator;
         self
     }
 
@@ -125,6 +147,9 @@ impl PublisherBuilder {
                 confirms: self.confirms,
                 mandatory: self.mandatory,
                 timeout: self.timeout,
+                max_message_size: self.max_message_size,
+                impersonator: self.impersonator,
+                send_turn: std::sync::Mutex::new(()),
                 connection: Mutex::new(connection),
                 status: std::sync::Mutex::new(status),
                 shared: Mutex::new(None),

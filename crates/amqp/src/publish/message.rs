@@ -13,6 +13,9 @@ use super::{JSON_CONTENT_TYPE, PublishError};
 const PERSISTENT: u8 = 2;
 /// AMQP delivery mode 1: the broker may keep the message in memory only.
 const TRANSIENT: u8 = 1;
+/// RabbitMQ's cap on a per-message TTL, in milliseconds: ten 365-day years
+/// (`rabbit_misc:check_expiry`). A larger expiration makes the broker close the channel.
+pub const MAX_EXPIRATION_MS: u64 = 315_360_000_000;
 
 /// A message to publish: destination, body, properties and flags.
 ///
@@ -167,17 +170,71 @@ impl OutgoingMessage {
     ///
     /// [`PublishError::InvalidMessage`] when a field of the message does not fit AMQP.
     pub(super) fn destination(&self) -> Result<(ShortString, ShortString), PublishError> {
+        let too_long = |field| PublishError::InvalidMessage {
+            field,
+            problem: "is longer than AMQP's 255 bytes".to_owned(),
+        };
         if let Some(field) = self.invalid {
-            return Err(PublishError::InvalidMessage { field });
+            return Err(too_long(field));
         }
-        let exchange = ShortString::try_new(self.exchange.as_str())
-            .map_err(|_| PublishError::InvalidMessage { field: "exchange" })?;
-        let routing_key = ShortString::try_new(self.routing_key.as_str()).map_err(|_| {
-            PublishError::InvalidMessage {
-                field: "routing key",
-            }
-        })?;
+        let exchange =
+            ShortString::try_new(self.exchange.as_str()).map_err(|_| too_long("exchange"))?;
+        let routing_key =
+            ShortString::try_new(self.routing_key.as_str()).map_err(|_| too_long("routing key"))?;
         Ok((exchange, routing_key))
+    }
+
+    /// What the broker would refuse by closing the channel — failing every publish in flight
+    /// on it — checked before sending: an expiration that is not whole milliseconds up to
+    /// [`MAX_EXPIRATION_MS`], a body over `max_message_size` bytes, a user id that is not
+    /// `user` (the connection's user; `None`: not checked).
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::InvalidMessage`] naming the field.
+    pub(super) fn check(
+        &self,
+        max_message_size: usize,
+        user: Option<&str>,
+    ) -> Result<(), PublishError> {
+        if let Some(expiration) = self.properties.expiration() {
+            let text = expiration.as_str();
+            let valid = !text.is_empty()
+                && text.bytes().all(|b| b.is_ascii_digit())
+                && text.parse::<u64>().is_ok_and(|ms| ms <= MAX_EXPIRATION_MS);
+            if !valid {
+                return Err(PublishError::InvalidMessage {
+                    field: "expiration",
+                    problem: format!(
+                        "{text:?} is not a whole number of milliseconds up to RabbitMQ's cap, \
+                         {MAX_EXPIRATION_MS} (ten years)"
+                    ),
+                });
+            }
+        }
+        if self.body.len() > max_message_size {
+            return Err(PublishError::InvalidMessage {
+                field: "body",
+                problem: format!(
+                    "of {} bytes is over the broker's maximum message size, {max_message_size} \
+                     bytes",
+                    self.body.len()
+                ),
+            });
+        }
+        if let (Some(user), Some(id)) = (user, self.properties.user_id())
+            && id.as_str() != user
+        {
+            return Err(PublishError::InvalidMessage {
+                field: "user id",
+                problem: format!(
+                    "{:?} is not the connection's user {user:?}: RabbitMQ accepts it only from \
+                     a user with the impersonator tag",
+                    id.as_str()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The content type (set by [`OutgoingMessage::json`] and [`OutgoingMessage::text`]).
@@ -222,7 +279,9 @@ impl OutgoingMessage {
     }
 
     /// A per-message time to live: the broker drops (or dead-letters) the message when it has
-    /// waited this long in a queue. Whole milliseconds.
+    /// waited this long in a queue. Whole milliseconds, at most [`MAX_EXPIRATION_MS`] (ten
+    /// years, RabbitMQ's cap): publishing a message with a longer one is
+    /// [`PublishError::InvalidMessage`].
     pub fn expiration(mut self, ttl: Duration) -> Self {
         self.properties = self
             .properties
@@ -255,7 +314,11 @@ impl OutgoingMessage {
         self.short_property("app id", app_id.into(), BasicProperties::with_app_id)
     }
 
-    /// The user id; RabbitMQ rejects a message whose user id is not the connection's user.
+    /// The user id; RabbitMQ rejects a message whose user id is not the connection's user
+    /// (unless that user has the `impersonator` tag), so publishing one is
+    /// [`PublishError::InvalidMessage`] (see [`PublisherBuilder::impersonator`]).
+    ///
+    /// [`PublisherBuilder::impersonator`]: crate::PublisherBuilder::impersonator
     pub fn user_id(self, user_id: impl Into<String>) -> Self {
         self.short_property("user id", user_id.into(), BasicProperties::with_user_id)
     }
@@ -458,6 +521,46 @@ mod tests {
     }
 
     #[test]
+    fn what_the_broker_would_refuse_is_invalid_before_sending() {
+        let field = |message: OutgoingMessage, user| match message.check(10, user) {
+            Err(PublishError::InvalidMessage { field, .. }) => Some(field),
+            Ok(()) => None,
+            Err(other) => panic!("{other:?}"),
+        };
+        let cap = Duration::from_millis(MAX_EXPIRATION_MS);
+        let base = || OutgoingMessage::new("", "q", "x");
+        assert_eq!(field(base().expiration(cap), None), None);
+        assert_eq!(field(base().expiration(Duration::ZERO), None), None);
+        assert_eq!(
+            field(base().expiration(cap + Duration::from_millis(1)), None),
+            Some("expiration")
+        );
+        assert_eq!(
+            field(base().expiration(Duration::MAX), None),
+            Some("expiration")
+        );
+        for text in ["", "-1", "1.5", "abc", "+5"] {
+            let properties = BasicProperties::default().with_expiration(text.into());
+            assert_eq!(
+                field(base().with_properties(properties), None),
+                Some("expiration"),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            field(OutgoingMessage::new("", "q", "0123456789"), None),
+            None
+        );
+        assert_eq!(
+            field(OutgoingMessage::new("", "q", "0123456789a"), None),
+            Some("body")
+        );
+        assert_eq!(field(base().user_id("bob"), Some("bob")), None);
+        assert_eq!(field(base().user_id("bob"), None), None);
+        assert_eq!(field(base().user_id("bob"), Some("guest")), Some("user id"));
+    }
+
+    #[test]
     fn unserializable_json_is_a_serialize_error() {
         let mut map = std::collections::BTreeMap::new();
         map.insert(vec![1u8], 1);
@@ -486,7 +589,7 @@ mod tests {
         for (field, set) in setters {
             let message = set(OutgoingMessage::new("", "q", "x"), long.clone());
             match message.destination() {
-                Err(PublishError::InvalidMessage { field: f }) => assert_eq!(f, field),
+                Err(PublishError::InvalidMessage { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: expected InvalidMessage, got {other:?}"),
             }
         }

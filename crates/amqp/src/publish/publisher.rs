@@ -1,6 +1,7 @@
 //! [`Publisher`]: publishing on a confirm-mode channel, reconnecting when needed.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use lapin::{Channel, Confirmation, Connection};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use super::error::{ChannelError, classify};
+use super::error::{ChannelError, failure};
 use super::{OutgoingMessage, PublishError, PublisherBuilder};
 use crate::AmqpConfig;
 
@@ -34,19 +35,26 @@ use crate::AmqpConfig;
 /// # Channels, and why mandatory publishes take turns
 ///
 /// Non-mandatory publishes share one confirm-mode channel and run concurrently (their confirms
-/// are pipelined). Mandatory publishes use a second channel, one at a time: lapin hands a
-/// `basic.return` to whichever confirm it resolves next, so with several mandatory messages in
-/// flight on one channel — or a mandatory one beside others — an unroutable message could be
-/// reported against the wrong publish. One at a time on a channel of their own makes the
-/// error belong to the message that caused it. For high-volume unroutable detection, use
-/// several publishers.
+/// are pipelined; only the instant each is numbered and queued for sending is taken in turn,
+/// so every confirm goes to its own message). Mandatory publishes use a second channel, one
+/// at a time: lapin hands a `basic.return` to whichever confirm it resolves next, so with
+/// several mandatory messages in flight on one channel — or a mandatory one beside others —
+/// an unroutable message could be reported against the wrong publish. One at a time on a
+/// channel of their own makes the error belong to the message that caused it. For
+/// high-volume unroutable detection, use several publishers.
 ///
-/// A channel the broker closes (publishing to an exchange that does not exist closes it with
-/// 404) is replaced on the next publish; a publisher made with [`PublisherBuilder::connect`]
-/// also reconnects when its connection is gone. After a timeout the channel is replaced too
-/// (unless the broker has blocked the whole connection, where a new channel would not help),
-/// and the timed-out message may still reach the broker later: publishing is at-least-once,
-/// so a caller that retries after a timeout may produce a duplicate. A mandatory publish
+/// What the broker would refuse by closing the channel — an expiration over RabbitMQ's cap, a
+/// body over its maximum message size, a user id that is not the connection's user — is
+/// refused before sending ([`PublishError::InvalidMessage`]). A channel the broker still closes
+/// (publishing to an exchange that does not exist closes it with 404) fails every publish in
+/// flight on it: the message that caused it gets its own error
+/// ([`PublishError::ExchangeNotFound`]), the others [`PublishError::ChannelClosed`] (they may
+/// or may not have been stored). The channel is replaced on the next publish; a publisher
+/// made with [`PublisherBuilder::connect`] also reconnects when its connection is gone. After
+/// a timeout the channel is replaced too (unless the broker has blocked the whole connection,
+/// where a new channel would not help), and the timed-out message may still reach the broker
+/// later: publishing is at-least-once, so a caller that retries after a timeout may produce a
+/// duplicate. A mandatory publish
 /// whose future is dropped early retires its channel, so a late `basic.return` cannot be
 /// blamed on the next message.
 ///
@@ -57,6 +65,12 @@ use crate::AmqpConfig;
 ///
 /// `asyncworker_amqp_published_total{outcome}` counts publishes by outcome: `confirmed`,
 /// `sent` (confirms off), `unroutable`, `nacked`, `timeout`, `error`.
+///
+/// With confirms off, a mandatory message no queue receives cannot be reported to its caller
+/// (the publish has returned by the time the broker returns it): each is logged at WARN
+/// (exchange, routing key, the broker's reply; never the body or headers) and counted by
+/// `asyncworker_amqp_publish_returned_total` — at the next mandatory publish, or at
+/// [`Publisher::close`].
 ///
 /// # Example
 ///
@@ -97,6 +111,13 @@ pub(super) struct Inner {
     pub(super) confirms: bool,
     pub(super) mandatory: bool,
     pub(super) timeout: Duration,
+    /// The largest body sent ([`PublisherBuilder::max_message_size`]).
+    pub(super) max_message_size: usize,
+    /// Whether any user id may be sent ([`PublisherBuilder::impersonator`]).
+    pub(super) impersonator: bool,
+    /// Taken while a `basic_publish` numbers and queues its message (see [`in_turn`]). One
+    /// for both lanes: it is held for microseconds, never across an await.
+    pub(super) send_turn: std::sync::Mutex<()>,
     /// The current connection (for [`Origin::Config`], replaced when it dies).
     pub(super) connection: Mutex<Arc<Connection>>,
     /// Whether the broker has blocked the current connection; read when a publish times out.
@@ -194,6 +215,10 @@ impl Publisher {
                     // A channel the broker already closed is not an error here.
                     let _ = channel.close(200, "publisher closed".into()).await;
                 }
+                if !inner.confirms {
+                    // The close-ok came after every `basic.return` of the channel.
+                    report_returned(&channel).await;
+                }
             }
             if let Origin::Config(..) = inner.origin {
                 let connection = Arc::clone(&*inner.connection.lock().await);
@@ -275,16 +300,25 @@ impl Publisher {
     /// - [`PublishError::Unroutable`] for a mandatory message no queue received;
     /// - [`PublishError::Nacked`] when the broker nacked it;
     /// - [`PublishError::ExchangeNotFound`] when the exchange does not exist;
+    /// - [`PublishError::ChannelClosed`] when the broker closed the channel over another
+    ///   message published on it (this one may or may not have been stored);
     /// - [`PublishError::Connect`] / [`PublishError::ConnectionClosed`] /
     ///   [`PublishError::Amqp`] when the connection or channel fails;
     /// - [`PublishError::InvalidMessage`], before anything is sent, when the exchange, the
-    ///   routing key, a header name or a property is longer than AMQP allows.
+    ///   routing key, a header name or a property is longer than AMQP allows, the expiration
+    ///   is over [`MAX_EXPIRATION_MS`](crate::MAX_EXPIRATION_MS), the body is over the
+    ///   [maximum message size](PublisherBuilder::max_message_size), or the user id is not the
+    ///   connection's user (see [`PublisherBuilder::impersonator`]).
     pub async fn publish(&self, message: OutgoingMessage) -> Result<(), PublishError> {
         let inner = &*self.inner;
         if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
         let destination = message.destination()?;
+        let user = (!inner.impersonator && message.properties().user_id().is_some())
+            .then(|| inner.status.lock().map(|status| status.username()).ok())
+            .flatten();
+        message.check(inner.max_message_size, user.as_deref())?;
         let mandatory = message.mandatory.unwrap_or(inner.mandatory);
         let lane = if mandatory {
             &inner.mandatory_lane
@@ -348,6 +382,11 @@ impl Publisher {
             // channel instead.
             let mut retire = RetireOnDrop(Some(guard));
             let result = self.send(&channel, message, destination, true).await;
+            if !self.inner.confirms {
+                // Without confirms nothing tells when the broker has returned a message:
+                // report what came back so far, or lapin keeps it.
+                report_returned(&channel).await;
+            }
             retire.0 = None;
             result
         } else {
@@ -380,18 +419,18 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let exchange = message.exchange.as_str();
         let routing_key = message.routing_key.as_str();
-        let amqp = |source: lapin::Error| classify(exchange, routing_key, source);
-        let confirm = channel
-            .basic_publish(
-                exchange_name,
-                routing_key_name,
-                BasicPublishOptions {
-                    mandatory,
-                    immediate: false,
-                },
-                &message.body,
-                message.wire_properties(),
-            )
+        let amqp = |source: lapin::Error| failure(message, source);
+        let publish = channel.basic_publish(
+            exchange_name,
+            routing_key_name,
+            BasicPublishOptions {
+                mandatory,
+                immediate: false,
+            },
+            &message.body,
+            message.wire_properties(),
+        );
+        let confirm = in_turn(&self.inner.send_turn, publish)
             .await
             .map_err(amqp)?;
         // Awaited even with confirms off (it resolves at once): a dropped, unresolved confirm
@@ -459,6 +498,52 @@ impl Publisher {
         }
         *connection = Arc::clone(&fresh);
         Ok(fresh)
+    }
+}
+
+/// Runs `publish`, a `basic_publish` future, its first poll in `turn`.
+///
+/// In that first poll (lapin 4.12, `Channel::basic_publish` and `send_method_frame_with_body`)
+/// lapin numbers the message — the delivery tag the broker's confirm will name — under its
+/// acknowledgements' lock, then queues its frames under the frames' lock, and only then
+/// awaits their sending. Two publishes racing between those locks could reach the broker in
+/// the other order than their numbers, and each be handed the other's confirm (a nacked
+/// message reported stored). Holding `turn` over that poll makes numbering and queueing one
+/// step; the rest — writing the frames, waiting for the confirm — stays concurrent.
+async fn in_turn<F: Future>(turn: &std::sync::Mutex<()>, publish: F) -> F::Output {
+    let mut publish = std::pin::pin!(publish);
+    let mut first = true;
+    std::future::poll_fn(|cx| {
+        if std::mem::take(&mut first) {
+            let _turn = turn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            publish.as_mut().poll(cx)
+        } else {
+            publish.as_mut().poll(cx)
+        }
+    })
+    .await
+}
+
+/// Takes from lapin the messages the broker returned on `channel` (confirms off: lapin keeps
+/// them until `wait_for_confirms`, which resolves at once without confirms) and reports each:
+/// a WARN naming its exchange, routing key and the broker's reply — never its body or
+/// headers — and `asyncworker_amqp_publish_returned_total`.
+async fn report_returned(channel: &Channel) {
+    let Ok(returned) = channel.wait_for_confirms().await else {
+        return;
+    };
+    for message in returned {
+        tracing::warn!(
+            exchange = %message.delivery.exchange,
+            routing_key = %message.delivery.routing_key,
+            reply_code = message.reply_code,
+            reply_text = %message.reply_text,
+            "the broker returned a mandatory message published without confirms: no queue \
+             received it"
+        );
+        metrics::counter!("asyncworker_amqp_publish_returned_total").increment(1);
     }
 }
 
