@@ -6,23 +6,12 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// lapin's targets that print what goes over the wire, and the most verbose level each may
-/// log at whatever the level asked for:
-///
-/// - at TRACE `lapin::io_loop` prints every frame it sends ("will write to buffer"), the
-///   login (`connection.start-ok`, whose response is `\0user\0password`) and
-///   `connection.update-secret` included; `lapin::frames` prints discarded frames whole,
-///   bodies included; `lapin::channels` every frame received, message bodies and headers
-///   included; `lapin::internal_rpc` its commands, a new secret included;
-/// - at WARN `lapin::returned_messages` prints every message the broker returns, its whole
-///   body and headers (the publisher reports the return itself, without the body).
-const CAPPED: [(&str, LevelFilter); 5] = [
-    ("lapin::io_loop", LevelFilter::DEBUG),
-    ("lapin::frames", LevelFilter::DEBUG),
-    ("lapin::channels", LevelFilter::DEBUG),
-    ("lapin::internal_rpc", LevelFilter::DEBUG),
-    ("lapin::returned_messages", LevelFilter::ERROR),
-];
+/// The log targets whose level is capped whatever the level asked for: lapin's targets that
+/// print frames and message bodies ([`asyncworker_amqp::LAPIN_LOG_CAPS`]).
+#[cfg(feature = "amqp")]
+const CAPPED: &[(&str, LevelFilter)] = &asyncworker_amqp::LAPIN_LOG_CAPS;
+#[cfg(not(feature = "amqp"))]
+const CAPPED: &[(&str, LevelFilter)] = &[];
 
 /// Install a `tracing-subscriber` formatter at `settings.log_level`
 /// (`ASYNCWORKER_LOGLEVEL`; `RUST_LOG`, when set, refines it per target). Does nothing if a
@@ -63,7 +52,8 @@ fn lapin_caps(rust_log: Option<&str>) -> Targets {
         })
     };
     CAPPED
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|(target, _)| !named(target))
         .fold(
             Targets::new().with_default(LevelFilter::TRACE),
@@ -71,7 +61,7 @@ fn lapin_caps(rust_log: Option<&str>) -> Targets {
         )
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "amqp"))]
 mod tests {
     use super::*;
 

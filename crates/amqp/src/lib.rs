@@ -78,6 +78,7 @@
 mod config;
 mod consumer;
 mod error;
+mod logs;
 mod message;
 mod publish;
 mod settings;
@@ -89,6 +90,7 @@ pub use config::{
     DEFAULT_PREFETCH,
 };
 pub use error::{AmqpError, Endpoint};
+pub use logs::LAPIN_LOG_CAPS;
 pub use message::{AmqpMessage, DecodeError, REQUEUE_COUNT_HEADER};
 pub use publish::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PUBLISH_TIMEOUT, HeaderValue, JSON_CONTENT_TYPE,

@@ -1,14 +1,14 @@
 //! Secrets and TLS, against the real broker: a wrong password never shows in the `Debug` or
 //! the error messages (with their whole chain) of the config, the source and the publisher,
-//! nor in the logs at any level (lapin's TRACE included); TLS with verification on works,
+//! nor in the logs at any level (lapin's TRACE included, its frame-printing targets capped as
+//! `asyncworker::init_logging` caps them); TLS with verification on works,
 //! and a certificate that fails verification or a host name the certificate does not cover
 //! is a clear error, never a plaintext fallback. Its own test binary: it installs a global
-//! subscriber that records everything.
+//! subscriber that records everything (`support::captured_logs`).
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use asyncworker_amqp::{AmqpConfig, AmqpSource, Publisher};
@@ -17,46 +17,16 @@ use futures::StreamExt;
 
 use support::*;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every log line of this binary, at TRACE, from every target.
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        captured
-    })
-}
-
-fn logged() -> String {
-    String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned()
-}
-
 fn assert_hidden(what: &str, text: &str, secret: &str) {
-    assert!(!text.contains(secret), "{what} shows the password: {text}");
+    assert!(
+        !shows_secret(text, secret),
+        "{what} shows the password: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_shows_nowhere() {
-    logs();
+    captured_logs();
     let secret = format!("s3cret-{}", unique_name("pw"));
     let config = AmqpConfig::builder()
         .url(&amqp_url())
@@ -118,7 +88,7 @@ async fn a_wrong_password_shows_nowhere() {
     assert!(text.contains("authentication refused"), "{text}");
 
     // And the logs, every level and target.
-    let logs = logged();
+    let logs = captured_logs();
     assert!(logs.contains("TRACE"), "trace logging was captured");
     assert_hidden("the logs", &logs, &secret);
     assert_hidden("the logs", &logs, &percent_encode(&secret));
@@ -126,7 +96,7 @@ async fn a_wrong_password_shows_nowhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_verification_connects_and_a_good_publisher_keeps_its_password() {
-    logs();
+    captured_logs();
     let config = AmqpConfig::builder()
         .url(&amqps_url())
         .tls_ca_file(tls_ca_cert())
@@ -146,7 +116,7 @@ async fn tls_with_verification_connects_and_a_good_publisher_keeps_its_password(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_a_clear_error_and_no_plaintext_fallback() {
-    logs();
+    captured_logs();
     // No test CA: the broker's certificate does not verify.
     let config = AmqpConfig::from_url(&amqps_url()).unwrap();
     let error = config.connect().await.unwrap_err();
@@ -162,7 +132,7 @@ async fn an_untrusted_certificate_is_a_clear_error_and_no_plaintext_fallback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_name_the_certificate_does_not_cover_is_a_clear_error() {
-    logs();
+    captured_logs();
     // The certificate covers `localhost` and 127.0.0.1 (scripts/rabbitmq.sh). 127.0.0.2 is
     // this machine too, and a proxy there reaches the TLS listener: the name is wrong, the
     // chain is trusted, so only the host-name check can refuse it.

@@ -1,7 +1,8 @@
-//! A `metrics` debugging recorder shared by the tests of one binary, and test logging.
+//! A `metrics` debugging recorder shared by the tests of one binary, and test logging
+//! (to the test output, or captured for searching).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
@@ -62,4 +63,54 @@ pub fn init_tracing() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Everything this test binary logs, at TRACE, from every target — lapin's frame-printing
+/// targets capped as [`asyncworker_amqp::LAPIN_LOG_CAPS`] says, as `asyncworker::init_logging`
+/// does. Installed as the global subscriber on first use.
+pub fn captured_logs() -> String {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    let logs = LOGS.get_or_init(|| {
+        use tracing_subscriber::filter::{LevelFilter, Targets};
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let writer = Captured(logs.clone());
+        let caps = asyncworker_amqp::LAPIN_LOG_CAPS.into_iter().fold(
+            Targets::new().with_default(LevelFilter::TRACE),
+            |caps, (target, level)| caps.with_target(target, level),
+        );
+        tracing_subscriber::registry()
+            .with(caps)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone()),
+            )
+            .init();
+        logs
+    });
+    String::from_utf8_lossy(&logs.lock().unwrap()).into_owned()
+}
+
+#[derive(Clone)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `text` shows `secret`: as text, or as the decimal bytes lapin's `Debug` of a
+/// `LongString` (the login's response) or of a body prints.
+pub fn shows_secret(text: &str, secret: &str) -> bool {
+    let bytes: Vec<String> = secret.bytes().map(|b| b.to_string()).collect();
+    text.contains(secret) || text.contains(&bytes.join(", "))
 }
