@@ -1,8 +1,11 @@
 //! [`Backoff`]: capped exponential delays with jitter, the one schedule every loop that waits
 //! between attempts uses — the [`Retry`](crate::retry::Retry) layer, and the reconnect loops
-//! of the backends.
+//! of the backends; [`FailureStreak`]: the failures in a row such a loop feeds it, started
+//! over only after a healthy period.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::Error;
 
@@ -226,6 +229,91 @@ impl BackoffBuilder {
     }
 }
 
+/// The failures in a row of a loop that keeps something up (a connection, a consumer), for
+/// [`Backoff::delay`]: they start over only once what the loop keeps up has stayed healthy,
+/// without a break, for [`healthy_after`](FailureStreak::healthy_after).
+///
+/// So a peer that ends every connection right after accepting it (a user allowed no channel,
+/// a queue deleted as soon as it is consumed, a server closing each stream at once) is retried
+/// with a growing delay, not at once; and one outage after a long healthy run starts at the
+/// backoff's first delay again. Times are tokio's, so paused time drives it in tests.
+///
+/// ```
+/// use std::time::Duration;
+/// use asyncworker_core::FailureStreak;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let mut streak = FailureStreak::new(Duration::from_secs(30));
+/// assert_eq!(streak.failed(), 1); // the first attempt failed
+/// streak.healthy(); // connected ...
+/// tokio::time::advance(Duration::from_secs(5)).await;
+/// assert_eq!(streak.failed(), 2); // ... and lost too soon: one more in a row
+/// streak.healthy();
+/// tokio::time::advance(Duration::from_secs(30)).await;
+/// assert_eq!(streak.failed(), 1); // lost after a healthy run: the first again
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FailureStreak {
+    healthy_after: Duration,
+    in_a_row: u32,
+    healthy_since: Option<Instant>,
+}
+
+impl FailureStreak {
+    /// No failure yet; a healthy period of `healthy_after` starts the count over.
+    pub fn new(healthy_after: Duration) -> Self {
+        FailureStreak {
+            healthy_after,
+            in_a_row: 0,
+            healthy_since: None,
+        }
+    }
+
+    /// How long what the loop keeps up must stay healthy for the failures to start over.
+    pub fn healthy_after(&self) -> Duration {
+        self.healthy_after
+    }
+
+    /// What the loop keeps up is healthy now: starts a healthy period, or continues the
+    /// current one (and once it has lasted [`healthy_after`](Self::healthy_after), the
+    /// failures start over).
+    pub fn healthy(&mut self) {
+        let since = *self.healthy_since.get_or_insert_with(Instant::now);
+        self.credit(since);
+    }
+
+    /// What the loop keeps up is not healthy now, though nothing failed (it ended, or part of
+    /// it is not working): the healthy period, if any, ends here — counted if it was long
+    /// enough.
+    pub fn unhealthy(&mut self) {
+        if let Some(since) = self.healthy_since.take() {
+            self.credit(since);
+        }
+    }
+
+    /// One more failure: an attempt failed, or what it had set up ended. Ends the healthy
+    /// period like [`unhealthy`](Self::unhealthy), then returns the failure's number in the
+    /// row (1 for the first), for [`Backoff::delay`].
+    pub fn failed(&mut self) -> u32 {
+        self.unhealthy();
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        self.in_a_row
+    }
+
+    /// The failures in a row so far (0 after a healthy period).
+    pub fn in_a_row(&self) -> u32 {
+        self.in_a_row
+    }
+
+    fn credit(&mut self, since: Instant) {
+        if since.elapsed() >= self.healthy_after {
+            self.in_a_row = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +386,56 @@ mod tests {
         );
         assert!(message(Backoff::builder().jitter(Jitter::Proportional(1.5))).contains("1.5"));
         assert!(Backoff::builder().build().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streak_starts_over_only_after_an_unbroken_healthy_period() {
+        const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+        let second = Duration::from_secs(1);
+        let mut failures = FailureStreak::new(HEALTHY_AFTER);
+        assert_eq!(failures.failed(), 1, "a failed attempt");
+        // Up, then lost a second before it would have counted as healthy.
+        failures.healthy();
+        tokio::time::advance(HEALTHY_AFTER - second).await;
+        failures.healthy();
+        assert_eq!(
+            failures.failed(),
+            2,
+            "lost too soon: one more failure in a row"
+        );
+        // Up long enough in total, but with a break (a queue not consuming for a while).
+        failures.healthy();
+        tokio::time::advance(HEALTHY_AFTER / 2).await;
+        failures.unhealthy();
+        failures.healthy();
+        tokio::time::advance(HEALTHY_AFTER / 2 + second).await;
+        failures.healthy();
+        assert_eq!(
+            failures.failed(),
+            3,
+            "a broken healthy period does not count"
+        );
+        // Healthy without a break for the whole period: the backoff starts over.
+        failures.healthy();
+        tokio::time::advance(HEALTHY_AFTER).await;
+        failures.healthy();
+        assert_eq!(failures.in_a_row(), 0);
+        assert_eq!(failures.failed(), 1, "the next failure is the first again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_period_ended_by_unhealthy_counts_when_long_enough() {
+        let mut streak = FailureStreak::new(Duration::from_secs(30));
+        assert_eq!(streak.failed(), 1);
+        assert_eq!(streak.failed(), 2);
+        streak.healthy();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        streak.unhealthy();
+        assert_eq!(
+            streak.in_a_row(),
+            0,
+            "a full healthy period, ended without a failure"
+        );
+        assert_eq!(streak.failed(), 1);
     }
 }

@@ -23,7 +23,7 @@ pub mod ticks;
 mod util;
 
 pub use app::{App, Health, Route, RouteContext, RouteHealth, RouteOptions};
-pub use backoff::{Backoff, BackoffBuilder, Jitter};
+pub use backoff::{Backoff, BackoffBuilder, FailureStreak, Jitter};
 pub use builder::ServiceBuilderExt;
 pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};
 pub use settings::{Settings, Variables};

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use asyncworker_core::{Backoff, BoxError, Shutdown};
+use asyncworker_core::{Backoff, BoxError, FailureStreak, Shutdown};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -20,7 +20,6 @@ use crate::shared::{Health, Shared};
 
 struct Connection {
     body: BoxStream<'static, reqwest::Result<Bytes>>,
-    since: Instant,
     /// The idle timeout after the last bytes (a wake-up in between does not move it).
     idle_at: Instant,
 }
@@ -309,10 +308,10 @@ impl PathStream {
         self.parser.reset(checkpoint);
         self.conn = Some(Connection {
             body: response.bytes_stream().boxed(),
-            since: Instant::now(),
             idle_at: after(self.config.idle_timeout()),
         });
         self.shared.metrics.connected.set(1.0);
+        self.schedule.connected();
         self.health.up();
         Ok(())
     }
@@ -320,8 +319,8 @@ impl PathStream {
     /// Drop the connection (an unfinished event in the parser is discarded on the next
     /// connect's reset).
     fn disconnect(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.schedule.disconnected_after(conn.since.elapsed());
+        if self.conn.take().is_some() {
+            self.schedule.disconnected();
             self.shared.metrics.connected.set(0.0);
             self.health.down();
         }
@@ -382,8 +381,8 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 struct Schedule {
     backoff: Backoff,
     client_error_delay: Duration,
-    healthy_after: Duration,
-    failures: u32,
+    /// Failures in a row, started over after a connection stayed up for `healthy_after`.
+    streak: FailureStreak,
     server_retry: Option<Duration>,
 }
 
@@ -392,23 +391,24 @@ impl Schedule {
         Schedule {
             backoff: config.backoff(),
             client_error_delay: config.client_error_delay(),
-            healthy_after: config.healthy_after(),
-            failures: 0,
+            streak: FailureStreak::new(config.healthy_after()),
             server_retry: None,
         }
     }
 
-    /// A connection ended after being up for `up`: a healthy one resets the backoff.
-    fn disconnected_after(&mut self, up: Duration) {
-        if up >= self.healthy_after {
-            self.failures = 0;
-        }
+    /// A connection is up.
+    fn connected(&mut self) {
+        self.streak.healthy();
+    }
+
+    /// The connection ended: if it stayed up long enough, the backoff starts over.
+    fn disconnected(&mut self) {
+        self.streak.unhealthy();
     }
 
     /// The wait before the next attempt, after a failure (`error`) or the end of the body.
     fn next_delay(&mut self, error: Option<&SseError>) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let mut delay = self.backoff.delay(self.failures);
+        let mut delay = self.backoff.delay(self.streak.failed());
         if let Some(retry) = self.server_retry {
             delay = delay.max(retry);
         }
@@ -462,20 +462,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn backoff_grows_and_starts_over_after_a_healthy_connection() {
+    /// A connection that stays up for `up`, then ends.
+    async fn up_for(s: &mut Schedule, up: Duration) {
+        s.connected();
+        tokio::time::advance(up).await;
+        s.disconnected();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_and_starts_over_after_a_healthy_connection() {
         let mut s = schedule();
         let ms = Duration::from_millis;
         assert_eq!(s.next_delay(None), ms(100));
         assert_eq!(s.next_delay(Some(&status(500, None))), ms(200));
-        s.disconnected_after(Duration::from_secs(29));
+        up_for(&mut s, Duration::from_secs(29)).await;
         assert_eq!(s.next_delay(None), ms(400));
-        s.disconnected_after(Duration::from_secs(30));
+        up_for(&mut s, Duration::from_secs(30)).await;
         assert_eq!(s.next_delay(None), ms(100));
     }
 
-    #[test]
-    fn the_server_and_client_errors_lengthen_the_wait() {
+    #[tokio::test(start_paused = true)]
+    async fn the_server_and_client_errors_lengthen_the_wait() {
         let mut s = schedule();
         assert_eq!(
             s.next_delay(Some(&status(429, Some(5)))),
@@ -486,7 +493,7 @@ mod tests {
             Duration::from_secs(60)
         );
         s.server_retry = Some(Duration::from_secs(3));
-        s.disconnected_after(Duration::from_secs(60));
+        up_for(&mut s, Duration::from_secs(60)).await;
         assert_eq!(s.next_delay(None), Duration::from_secs(3));
         s.server_retry = Some(Duration::from_millis(u64::MAX));
         assert_eq!(s.next_delay(None), MAX_RECONNECT_DELAY);

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use asyncworker_core::{Backoff, Readiness};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use queue::QueueTask;
@@ -116,90 +115,17 @@ impl Consuming {
 
 /// How long what a retry loop keeps up must stay healthy for its backoff to start over: the
 /// connection, with every queue of the route consuming (the route ready), for the
-/// supervisor; the consumer, for a queue task. A connection or consumer that ends sooner is
-/// one more failure in a row, so a broker that ends each one right after it started (a user
+/// supervisor; the consumer, for a queue task (each loop's [`FailureStreak`](asyncworker_core::FailureStreak)). A connection or
+/// consumer that ends sooner is one more failure in a row, so a broker that ends each one right after it started (a user
 /// allowed no channel, a queue deleted as soon as it is consumed) is retried with a growing
 /// delay, not at once. The same period as the SSE source's default `healthy_after`.
 pub(crate) const HEALTHY_AFTER: Duration = Duration::from_secs(30);
-
-/// The failures in a row of one retry loop (the supervisor's, or a queue task's), for its
-/// [`Backoff`]: started over only once what the loop keeps up has stayed healthy for
-/// [`HEALTHY_AFTER`].
-#[derive(Debug, Default)]
-pub(crate) struct Failures {
-    in_a_row: u32,
-    healthy_since: Option<Instant>,
-}
-
-impl Failures {
-    /// What the loop keeps up is healthy now (and has been since the last call, if that said
-    /// so too): after [`HEALTHY_AFTER`] of that, the failures start over.
-    pub(crate) fn healthy(&mut self) {
-        let since = *self.healthy_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= HEALTHY_AFTER {
-            self.in_a_row = 0;
-        }
-    }
-
-    /// What the loop keeps up is not healthy now, though nothing failed (a queue of the
-    /// route is not consuming, say): the healthy period, if any, is over.
-    pub(crate) fn unhealthy(&mut self) {
-        self.healthy_since = None;
-    }
-
-    /// One more failure: an attempt failed, or what it had set up ended. Returns its number
-    /// in the row (1 for the first), for [`Backoff::delay`].
-    pub(crate) fn failed(&mut self) -> u32 {
-        self.healthy_since = None;
-        self.in_a_row = self.in_a_row.saturating_add(1);
-        self.in_a_row
-    }
-
-    /// The failures in a row so far (0 after a healthy period).
-    pub(crate) fn in_a_row(&self) -> u32 {
-        self.in_a_row
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_start_over_only_after_a_healthy_period() {
-        let second = Duration::from_secs(1);
-        let mut failures = Failures::default();
-        assert_eq!(failures.failed(), 1, "a failed attempt");
-        // Up, then lost a second before it would have counted as healthy.
-        failures.healthy();
-        tokio::time::advance(HEALTHY_AFTER - second).await;
-        failures.healthy();
-        assert_eq!(
-            failures.failed(),
-            2,
-            "lost too soon: one more failure in a row"
-        );
-        // Up long enough in total, but with a break (a queue not consuming for a while).
-        failures.healthy();
-        tokio::time::advance(HEALTHY_AFTER / 2).await;
-        failures.unhealthy();
-        failures.healthy();
-        tokio::time::advance(HEALTHY_AFTER / 2 + second).await;
-        failures.healthy();
-        assert_eq!(
-            failures.failed(),
-            3,
-            "a broken healthy period does not count"
-        );
-        // Healthy without a break for the whole period: the backoff starts over.
-        failures.healthy();
-        tokio::time::advance(HEALTHY_AFTER).await;
-        failures.healthy();
-        assert_eq!(failures.in_a_row(), 0);
-        assert_eq!(failures.failed(), 1, "the next failure is the first again");
-    }
 
     /// Two queues start consuming at the same time, from two threads, many times over:
     /// each time, once both have started the route is ready, and once both have stopped it

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use asyncworker_core::{Action, Settlement};
+use asyncworker_core::{Action, FailureStreak, Settlement};
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelState, MAX_BATCH};
-use super::{Failures, Item, RouteShared};
+use super::{HEALTHY_AFTER, Item, RouteShared};
 use crate::error::AmqpError;
 use crate::message::{AmqpMessage, Delivery, QueueMeta};
 use crate::settle::{AmqpSettle, ChannelLife, Cmd, Outstanding};
@@ -77,7 +77,7 @@ impl QueueTask {
     /// (a consumer that ended before it was up for [`HEALTHY_AFTER`](super::HEALTHY_AFTER)
     /// counts as one).
     pub(crate) async fn run(mut self) {
-        let mut failures = Failures::default();
+        let mut failures = FailureStreak::new(HEALTHY_AFTER);
         loop {
             if self.shared.stop.is_cancelled() || !self.connection_alive() {
                 return;

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use asyncworker_core::FailureStreak;
 use futures::StreamExt;
 use lapin::{Connection, Event};
 use tokio::sync::mpsc;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Callback;
 use crate::config::AmqpConfig;
-use crate::consumer::{Failures, HEALTHY_AFTER, Item, QueueTask, RouteShared};
+use crate::consumer::{HEALTHY_AFTER, Item, QueueTask, RouteShared};
 use crate::error::{AmqpError, Endpoint};
 use crate::message::QueueMeta;
 
@@ -88,7 +89,7 @@ impl Supervisor {
         // Failures in a row (failed attempts and connections lost before the route was
         // ready for HEALTHY_AFTER), for the backoff: a connection lost right after it was
         // made does not end the backoff.
-        let mut failures = Failures::default();
+        let mut failures = FailureStreak::new(HEALTHY_AFTER);
         // Connections lost in a row before the route was ready for HEALTHY_AFTER.
         let mut quick_losses = 0u32;
         let mut reconnecting = false;
@@ -228,7 +229,7 @@ impl Supervisor {
     async fn run_connection(
         &mut self,
         conn: Arc<Connection>,
-        failures: &mut Failures,
+        failures: &mut FailureStreak,
     ) -> Generation {
         let stop = &self.shared.stop;
         let lost = CancellationToken::new();
