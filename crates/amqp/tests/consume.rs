@@ -964,27 +964,6 @@ async fn a_missing_vhost_is_a_clear_error() {
     );
 }
 
-/// Log lines written on this thread while `f` runs, at debug level and above.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// An ack held back by the coalescing window when the broker cancels the consumer (here: the
 /// queue is deleted) while the channel still works is sent, not dropped uncounted.
 ///

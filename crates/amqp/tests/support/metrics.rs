@@ -69,14 +69,14 @@ pub fn init_tracing() {
 /// targets capped as [`asyncworker_amqp::LAPIN_LOG_CAPS`] says, as `asyncworker::init_logging`
 /// does. Installed as the global subscriber on first use.
 pub fn captured_logs() -> String {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    static LOGS: OnceLock<Captured> = OnceLock::new();
     let logs = LOGS.get_or_init(|| {
         use tracing_subscriber::filter::{LevelFilter, Targets};
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
 
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let writer = Captured(logs.clone());
+        let captured = Captured::default();
+        let writer = captured.clone();
         let caps = asyncworker_amqp::LAPIN_LOG_CAPS.into_iter().fold(
             Targets::new().with_default(LevelFilter::TRACE),
             |caps, (target, level)| caps.with_target(target, level),
@@ -89,13 +89,22 @@ pub fn captured_logs() -> String {
                     .with_writer(move || writer.clone()),
             )
             .init();
-        logs
+        captured
     });
-    String::from_utf8_lossy(&logs.lock().unwrap()).into_owned()
+    logs.text()
 }
 
-#[derive(Clone)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+/// A log writer that keeps what it is given, for `tracing_subscriber`'s `with_writer(move ||
+/// captured.clone())`; clones share the buffer.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
