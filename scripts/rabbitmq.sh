@@ -28,37 +28,19 @@
 # directory above. These certificates are throwaway test material and nothing else.
 set -euo pipefail
 
+SCRIPT=rabbitmq.sh
 STATE_DIR="${ASYNCWORKER_RABBITMQ_DIR:-/tmp/asyncworker-rabbitmq}"
 TLS_DIR="$STATE_DIR/tls"
 CONF_FILE="$STATE_DIR/rabbitmq.conf"
-LOCK_FILE="$STATE_DIR/lock"
 START_TIMEOUT="${ASYNCWORKER_RABBITMQ_START_TIMEOUT:-90}"
-AMQP_PORT=5672
 AMQPS_PORT=5671
 TLS_REGENERATED=0
-
-# The node environment (see the note on RabbitMQ in the project docs): a pinned node name that
-# does not depend on the hostname resolving, and every listener on loopback only.
-export RABBITMQ_NODENAME=rabbit@localhost
-export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-export RABBITMQ_NODE_PORT=$AMQP_PORT
-export ERL_EPMD_ADDRESS=127.0.0.1
-export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
-export RABBITMQ_CONFIG_FILE="$CONF_FILE"
-export PATH="$PATH:/usr/sbin:/sbin"
-
-log() { echo "rabbitmq.sh: $*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-# Every Erlang tool may spawn epmd, and rabbitmq-server spawns the node: none of them may
-# inherit the lock's descriptor (9), or the lock would outlive this script.
-ctl() { rabbitmqctl -n "$RABBITMQ_NODENAME" "$@" 9>&-; }
-diag() { rabbitmq-diagnostics -n "$RABBITMQ_NODENAME" "$@" 9>&-; }
-
-node_up() { ctl -q status >/dev/null 2>&1; }
+# A pinned node name that does not depend on the hostname resolving, every listener on
+# loopback only; data and logs where the Debian package keeps them.
+NODE=rabbit@localhost
+AMQP_PORT=5672
+# shellcheck source=lib/rabbitmq-node.sh
+. "$(dirname "$0")/lib/rabbitmq-node.sh"
 
 tls_listener_up() {
     diag -q listeners 2>/dev/null |
@@ -88,8 +70,6 @@ install_packages() {
     [ "$own_policy" -eq 1 ] && rm -f "$policy"
     [ "$status" -eq 0 ] || die "apt-get could not install ${missing[*]}"
 }
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Generate the CA, server and client certificates once; kept across runs so a running broker
 # and the tests always agree on the CA.
@@ -171,42 +151,9 @@ EOF
     chmod 0644 "$CONF_FILE"
 }
 
-wait_until_up() {
-    local deadline=$((SECONDS + START_TIMEOUT))
-    # await_startup exits 69 until the node has registered with epmd: retry with a deadline.
-    until ctl -q await_startup --timeout 10 >/dev/null 2>&1; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            log "the node did not come up within ${START_TIMEOUT}s; end of its log:"
-            tail -n 40 "/var/log/rabbitmq/$RABBITMQ_NODENAME.log" >&2 2>/dev/null || true
-            tail -n 20 "$STATE_DIR/server.out" >&2 2>/dev/null || true
-            exit 1
-        fi
-        sleep 0.5
-    done
-}
-
-wait_until_down() {
-    local deadline=$((SECONDS + 60))
-    while node_up; do
-        [ "$SECONDS" -ge "$deadline" ] && die "the node did not stop within 60s"
-        sleep 0.5
-    done
-}
-
-stop_node() {
-    if node_up; then
-        log "stopping $RABBITMQ_NODENAME"
-        ctl -q stop >/dev/null 2>&1 || true
-        wait_until_down
-    fi
-}
-
 start() {
     install_packages
-    mkdir -p "$STATE_DIR"
-    chmod 0755 "$STATE_DIR"
-    exec 9>"$LOCK_FILE"
-    flock -w 300 9 || die "timed out waiting for $LOCK_FILE"
+    lock
 
     generate_tls
     write_config
@@ -230,17 +177,8 @@ start() {
         stop_node
     fi
 
-    [ "$(id -u)" -eq 0 ] || die "the broker is not running and starting it needs root"
-    local port
-    for port in $AMQP_PORT $AMQPS_PORT; do
-        port_in_use "$port" &&
-            die "127.0.0.1:$port is taken by another process (another RabbitMQ node?); stop it first"
-    done
     log "starting $RABBITMQ_NODENAME (amqp 127.0.0.1:$AMQP_PORT, amqps 127.0.0.1:$AMQPS_PORT)"
-    rabbitmq-server -detached >"$STATE_DIR/server.out" 2>&1 9>&- || {
-        cat "$STATE_DIR/server.out" >&2
-        die "rabbitmq-server -detached failed"
-    }
+    start_detached "$AMQP_PORT" "$AMQPS_PORT"
     wait_until_up
     tls_listener_up || die "the node started but has no TLS listener on $AMQPS_PORT (see /var/log/rabbitmq/)"
     log "$RABBITMQ_NODENAME is up"
@@ -248,40 +186,17 @@ start() {
 
 stop() {
     command -v rabbitmqctl >/dev/null 2>&1 || return 0
-    mkdir -p "$STATE_DIR"
-    exec 9>"$LOCK_FILE"
-    flock -w 300 9 || die "timed out waiting for $LOCK_FILE"
+    lock
     stop_node
     epmd -kill >/dev/null 2>&1 9>&- || true
     log "stopped"
 }
 
-status() {
-    if command -v rabbitmqctl >/dev/null 2>&1 && node_up; then
-        echo "$RABBITMQ_NODENAME is up"
-        diag -q listeners
-        return 0
-    fi
-    echo "$RABBITMQ_NODENAME is not running"
-    return 1
-}
+status() { node_status diag -q listeners; }
 
 print_env() {
-    local var
-    for var in RABBITMQ_NODENAME RABBITMQ_NODE_IP_ADDRESS RABBITMQ_NODE_PORT ERL_EPMD_ADDRESS \
-        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS RABBITMQ_CONFIG_FILE; do
-        printf 'export %s=%q\n' "$var" "${!var}"
-    done
+    print_node_env
     printf 'export %s=%q\n' ASYNCWORKER_TEST_TLS_DIR "${ASYNCWORKER_TEST_TLS_DIR:-$TLS_DIR}"
 }
 
-case "${1:-}" in
-start) start ;;
-stop) stop ;;
-status) status ;;
-env) print_env ;;
-*)
-    echo "usage: $0 start|stop|status|env" >&2
-    exit 2
-    ;;
-esac
+dispatch "$@"
