@@ -179,11 +179,19 @@ impl Outstanding {
     }
 
     /// Whether the wanted acknowledgements can wait for more: fewer than `threshold` of them,
-    /// and some handed-out delivery still unsettled (its settlement wakes the channel task
-    /// again). When every handed-out delivery is settled nothing else may come — the broker
-    /// sends no more once the prefetch is used up — so they must go now.
-    pub(crate) fn can_defer_acks(&self, threshold: usize) -> bool {
-        !self.wanted.is_empty() && self.wanted.len() < threshold && !self.unsettled.is_empty()
+    /// and more to come — some handed-out delivery still unsettled (its settlement wakes the
+    /// channel task again), or fewer deliveries unacknowledged than the prefetch `window`
+    /// (0: unlimited), so the broker may still deliver. Once every handed-out delivery is
+    /// settled and the window is used up the broker sends no more: they must go now.
+    ///
+    /// A consumer faster than the broker has every delivery settled most of the time; acking
+    /// then, a few tags per frame, would cost the broker several frames where a raw consumer
+    /// sends one `multiple` ack per `threshold` deliveries. The caller bounds the wait
+    /// (`ACK_DELAY`), for an idle queue.
+    pub(crate) fn can_defer_acks(&self, threshold: usize, window: usize) -> bool {
+        !self.wanted.is_empty()
+            && self.wanted.len() < threshold
+            && (!self.unsettled.is_empty() || window == 0 || self.live() < window)
     }
 
     /// Mark `tag`, which is pending or held, to be acknowledged by the next
@@ -335,16 +343,33 @@ mod tests {
     }
 
     #[test]
-    fn acks_wait_only_while_something_else_is_unsettled() {
+    fn acks_wait_only_while_more_can_come() {
         let mut o = out(1..=4);
-        assert!(!o.can_defer_acks(2), "nothing to ack");
+        assert!(!o.can_defer_acks(2, 4), "nothing to ack");
         assert!(o.want_ack(1));
-        assert!(o.can_defer_acks(2), "1 < 2 and 2..=4 still pending");
-        assert!(!o.can_defer_acks(1), "the threshold is reached");
+        assert!(o.can_defer_acks(2, 4), "1 < 2 and 2..=4 still pending");
+        assert!(!o.can_defer_acks(1, 4), "the threshold is reached");
         for t in 2..=4 {
             assert!(o.want_ack(t));
         }
-        assert!(!o.can_defer_acks(100), "every delivery is settled: ack now");
+        assert!(
+            !o.can_defer_acks(100, 4),
+            "every delivery is settled and the prefetch used up: ack now"
+        );
+        assert!(o.can_defer_acks(100, 0), "no prefetch limit: more may come");
+    }
+
+    #[test]
+    fn settled_acks_wait_while_the_broker_can_still_deliver() {
+        // Every handed-out delivery is settled (a consumer faster than the broker), but only
+        // 4 of a prefetch of 256 are unacknowledged: the broker keeps delivering, so the 4
+        // acks wait for more (one `multiple` ack per half prefetch, as a raw consumer sends).
+        let mut o = out(1..=4);
+        for t in 1..=4 {
+            assert!(o.want_ack(t));
+        }
+        assert!(o.can_defer_acks(128, 256), "the broker may send 252 more");
+        assert!(!o.can_defer_acks(4, 256), "the threshold is reached");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub(super) struct ChannelState {
     pub(super) tx: mpsc::UnboundedSender<Cmd>,
     pub(super) queue: Arc<QueueMeta>,
     pub(super) cap: Option<u64>,
+    /// The channel's prefetch (`basic.qos`; 0: unlimited).
+    pub(super) prefetch: u16,
     /// `asyncworker_amqp_settlements_total{queue, action}`, one handle per action.
     pub(super) counters: [metrics::Counter; 4],
 }
@@ -59,8 +61,8 @@ impl ChannelState {
     /// their messages).
     ///
     /// Acknowledgements are sent unless they can wait for more ([`Outstanding::can_defer_acks`]
-    /// with `ack_threshold`; 0 sends them now): `Ok(true)` says they wait, and the caller
-    /// calls again, with an empty batch, once `ACK_DELAY` has passed.
+    /// with `ack_threshold` and the channel's prefetch; 0 sends them now): `Ok(true)` says
+    /// they wait, and the caller calls again, with an empty batch, once `ACK_DELAY` has passed.
     pub(super) async fn process(
         &mut self,
         batch: &mut Vec<Cmd>,
@@ -90,7 +92,10 @@ impl ChannelState {
                 return Err(e);
             }
         }
-        if self.outstanding.can_defer_acks(ack_threshold) {
+        if self
+            .outstanding
+            .can_defer_acks(ack_threshold, usize::from(self.prefetch))
+        {
             return Ok(true);
         }
         let plan = self.outstanding.take_plan();

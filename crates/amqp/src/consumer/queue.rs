@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use asyncworker_core::{Action, FailureStreak, Settlement};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
@@ -24,6 +24,9 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long acknowledgements may wait to be coalesced with later ones (see
 /// `ChannelState::process`).
 const ACK_DELAY: Duration = Duration::from_millis(5);
+/// How many deliveries lapin already holds one pass of the channel task hands out at most,
+/// before it looks at settlements and shutdown again.
+const MAX_BURST: usize = 64;
 
 /// Why a channel's service ended.
 enum Ended {
@@ -194,6 +197,32 @@ impl QueueTask {
         }
     }
 
+    /// Record `d` as outstanding and hand it out on the stream.
+    fn hand_out(
+        &self,
+        ch: &mut ChannelState,
+        life: &Arc<ChannelLife>,
+        d: lapin::message::Delivery,
+    ) {
+        ch.outstanding.push(d.delivery_tag);
+        let delivery = Arc::new(Delivery {
+            payload: Bytes::from(d.data),
+            delivery_tag: d.delivery_tag,
+            exchange: d.exchange,
+            routing_key: d.routing_key,
+            redelivered: d.redelivered,
+            properties: d.properties,
+            queue: self.queue.clone(),
+            discarded: AtomicBool::new(false),
+            channel: life.clone(),
+        });
+        let settlement = Settlement::new(AmqpSettle {
+            tx: ch.tx.clone(),
+            delivery: delivery.clone(),
+        });
+        self.emit(Ok(AmqpMessage::new(delivery, settlement)));
+    }
+
     /// Hand out the channel's deliveries and settle them until shutdown or the channel ends.
     async fn serve(&mut self, channel: Channel, mut consumer: lapin::Consumer) -> Ended {
         let generation = self.shared.channels_opened.fetch_add(1, Ordering::Relaxed) + 1;
@@ -206,6 +235,7 @@ impl QueueTask {
             tx,
             queue: self.queue.clone(),
             cap: self.shared.requeue_tail_cap,
+            prefetch: self.shared.prefetch,
             counters: ChannelState::counters(&self.queue.name),
         };
         tracing::info!(
@@ -222,13 +252,13 @@ impl QueueTask {
         let mut intake = true;
         let mut batch = Vec::new();
         // Coalescing: acks wait (up to ACK_DELAY) until half the prefetch can go in one
-        // `multiple` ack — fewer frames for the broker, which is the bottleneck — unless every
-        // handed-out delivery is settled already.
+        // `multiple` ack — fewer frames for the broker, which is the bottleneck — unless
+        // nothing more can come (every handed-out delivery settled, the prefetch used up).
         let ack_threshold = usize::from(self.shared.prefetch / 2).max(1);
         let ack_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(ack_timer);
         let mut acks_waiting = false;
-        let ended = loop {
+        let ended = 'serve: loop {
             if !intake && ch.outstanding.live() == 0 {
                 break Ended::Shutdown;
             }
@@ -294,42 +324,40 @@ impl QueueTask {
                         };
                     }
                 }
-                next = consumer.next(), if intake => match next {
-                    Some(Ok(d)) => {
-                        ch.outstanding.push(d.delivery_tag);
-                        let delivery = Arc::new(Delivery {
-                            payload: Bytes::from(d.data),
-                            delivery_tag: d.delivery_tag,
-                            exchange: d.exchange,
-                            routing_key: d.routing_key,
-                            redelivered: d.redelivered,
-                            properties: d.properties,
-                            queue: self.queue.clone(),
-                            discarded: AtomicBool::new(false),
-                            channel: life.clone(),
-                        });
-                        let settlement = Settlement::new(AmqpSettle {
-                            tx: ch.tx.clone(),
-                            delivery: delivery.clone(),
-                        });
-                        self.emit(Ok(AmqpMessage::new(delivery, settlement)));
+                next = consumer.next(), if intake => {
+                    // Hand out every delivery lapin already holds before going back to the
+                    // select: one pass of this loop per burst, not per delivery.
+                    let mut next = next;
+                    let mut handed = 0;
+                    loop {
+                        match next {
+                            Some(Ok(d)) => self.hand_out(&mut ch, &life, d),
+                            Some(Err(e)) => {
+                                break 'serve if self.connection_alive() {
+                                    Ended::Channel(e.to_string())
+                                } else {
+                                    self.shared.note_loss(|| e.to_string());
+                                    Ended::ConnectionLost
+                                };
+                            }
+                            None => {
+                                break 'serve if self.connection_alive() {
+                                    Ended::Channel("the broker cancelled the consumer (was the queue deleted?)".into())
+                                } else {
+                                    Ended::ConnectionLost
+                                };
+                            }
+                        }
+                        handed += 1;
+                        if handed == MAX_BURST {
+                            break;
+                        }
+                        match consumer.next().now_or_never() {
+                            Some(item) => next = item,
+                            None => break,
+                        }
                     }
-                    Some(Err(e)) => {
-                        break if self.connection_alive() {
-                            Ended::Channel(e.to_string())
-                        } else {
-                            self.shared.note_loss(|| e.to_string());
-                            Ended::ConnectionLost
-                        };
-                    }
-                    None => {
-                        break if self.connection_alive() {
-                            Ended::Channel("the broker cancelled the consumer (was the queue deleted?)".into())
-                        } else {
-                            Ended::ConnectionLost
-                        };
-                    }
-                },
+                }
             }
         };
         life.closed.store(true, Ordering::Release);
