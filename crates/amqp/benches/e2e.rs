@@ -176,7 +176,14 @@ impl Arm {
             "raw-spawned" => return Ok(raw("spawned")),
             _ => {}
         }
-        let bad = || -> BoxError { format!("unknown arm {name:?}; arms: {}, {}, py-bulkN, aw-bulk1-bare", MAIN_ARMS.join(", "), SCALING_ARMS.join(", ")).into() };
+        let bad = || -> BoxError {
+            format!(
+                "unknown arm {name:?}; arms: {}, {}, py-bulkN, aw-bulk1-bare",
+                MAIN_ARMS.join(", "),
+                SCALING_ARMS.join(", ")
+            )
+            .into()
+        };
         let mut parts = name.split('-');
         let python = match parts.next() {
             Some("aw") => false,
@@ -186,7 +193,10 @@ impl Arm {
         let (mut bulk, mut prefetch, mut queues, mut sleep_ms, mut batches, mut full) =
             (None, None, 1usize, 0u64, None, true);
         for part in parts {
-            let number = |prefix: &str| part.strip_prefix(prefix).and_then(|v| v.parse::<u64>().ok());
+            let number = |prefix: &str| {
+                part.strip_prefix(prefix)
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
             if part == "bare" {
                 full = false;
             } else if let Some(v) = number("bulk").or_else(|| number("b")) {
@@ -205,7 +215,11 @@ impl Arm {
         }
         let bulk = bulk.filter(|b| *b > 0).ok_or_else(bad)?;
         let scaling = prefetch.is_some() || queues != 1 || sleep_ms > 0 || batches.is_some();
-        if queues == 0 || batches == Some(0) || prefetch == Some(0) || (python && (scaling || !full)) {
+        if queues == 0
+            || batches == Some(0)
+            || prefetch == Some(0)
+            || (python && (scaling || !full))
+        {
             return Err(bad());
         }
         Ok(Arm {
@@ -213,7 +227,12 @@ impl Arm {
             kind: if python {
                 Kind::Py { bulk }
             } else {
-                Kind::Aw { bulk, full, sleep_ms, batches }
+                Kind::Aw {
+                    bulk,
+                    full,
+                    sleep_ms,
+                    batches,
+                }
             },
             prefetch: prefetch.unwrap_or(default_prefetch),
             queues,
@@ -225,9 +244,15 @@ impl Arm {
     /// `min(bulk, prefetch)` per batch, `min(c, prefetch / size)` batches at once.
     fn expected_bound(&self) -> Option<f64> {
         match self.kind {
-            Kind::Aw { bulk, sleep_ms, batches, .. } if sleep_ms > 0 => {
+            Kind::Aw {
+                bulk,
+                sleep_ms,
+                batches,
+                ..
+            } if sleep_ms > 0 => {
                 let size = bulk.min(usize::from(self.prefetch));
-                let concurrent = (usize::from(self.prefetch) / size).min(batches.unwrap_or(usize::MAX));
+                let concurrent =
+                    (usize::from(self.prefetch) / size).min(batches.unwrap_or(usize::MAX));
                 Some((size * concurrent) as f64 * 1000.0 / sleep_ms as f64)
             }
             _ => None,
@@ -752,7 +777,12 @@ fn ratios(a: &Run, b: &Run) -> [f64; 3] {
 
 /// The median over the rounds of the pairwise ratios of `a` over `b` (same round each).
 fn paired(a: &Series, b: &Series) -> [f64; 3] {
-    let per_round: Vec<[f64; 3]> = a.runs.iter().zip(&b.runs).map(|(x, y)| ratios(x, y)).collect();
+    let per_round: Vec<[f64; 3]> = a
+        .runs
+        .iter()
+        .zip(&b.runs)
+        .map(|(x, y)| ratios(x, y))
+        .collect();
     [0, 1, 2].map(|i| median(per_round.iter().map(|r| r[i])))
 }
 
@@ -1085,9 +1115,7 @@ impl Report<'_> {
             );
             for x in series {
                 let m = x.medians();
-                let r = self
-                    .reference(x)
-                    .map_or([f64::NAN; 3], |b| paired(x, b));
+                let r = self.reference(x).map_or([f64::NAN; 3], |b| paired(x, b));
                 let bound = x
                     .arm
                     .as_ref()
