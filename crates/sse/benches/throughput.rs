@@ -130,6 +130,11 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let url = rt.block_on(start_server());
+    // With the `rustls` feature (as `--all-features` builds it) reqwest brings no crypto
+    // provider; the backend installs ring when it builds its client, the raw loop's client
+    // needs it first.
+    #[cfg(feature = "rustls")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let mut group = c.benchmark_group("sse_events");
     group.throughput(Throughput::Elements(EVENTS));
