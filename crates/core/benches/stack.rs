@@ -4,18 +4,20 @@
 //! Run with: `cargo bench -p asyncworker-core --bench stack`
 //!
 //! Each iteration handles [`MESSAGES`] messages on a current-thread Tokio runtime. Making the
-//! messages (push into a fresh `MemoryQueue`, take them from its source) is outside the
-//! measured time. Both arms settle every message once through the queue: the stack through
-//! its Ack layer, the baseline through the settlement slot's drop guard (a requeue), so the
+//! messages (push into a fresh `MemoryQueue`, take them from its source) and checking the
+//! outcome are outside the measured time. Both arms settle every message once through the
+//! queue: the stack through its Ack layer, the baseline through the settlement slot's drop
+//! guard (a requeue). After each iteration, outside the timed region, a real `assert!`
+//! checks that every message of the iteration was settled exactly once and none is left
+//! outstanding, so an arm that skipped work could not look fast.
+//!
+//! Both arms go through the same driver ([`drive`]): at most [`IN_FLIGHT`] futures at once in
+//! a `FuturesUnordered`, each call after `poll_ready`, as the runtime's worker drives a
+//! route. The stack is called once per message (`Service<MemoryMessage>`); the baseline
+//! handler once per batch — `vec![m]` at bulk 1, chunks of 256 at bulk 256 — so the
 //! difference between the arms is the layers' own cost.
 //!
-//! - `stack/bulk_1`, `stack/bulk_256`: a `Bulk` service driven like the runtime drives it,
-//!   [`IN_FLIGHT`] message futures at once in a `FuturesUnordered`, each call after
-//!   `poll_ready`.
-//! - `baseline/bulk_1`: `handler.call(vec![m]).await` per message; `baseline/bulk_256`: one
-//!   call per chunk of 256.
-//!
-//! Per-message overhead = stack ns/message − baseline ns/message (criterion reports
+//! Per-message overhead = layers ns/message − baseline ns/message (criterion reports
 //! throughput in elements, one element per message).
 
 #![allow(missing_docs)]
@@ -29,7 +31,7 @@ use asyncworker_core::ack::AckLayer;
 use asyncworker_core::bulk::BulkLayer;
 use asyncworker_core::memory::{MemoryMessage, MemoryQueue};
 use asyncworker_core::retry::{RetryConfig, RetryLayer};
-use asyncworker_core::{BoxError, ServiceBuilderExt};
+use asyncworker_core::{Action, BoxError, ServiceBuilderExt};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::task::noop_waker_ref;
@@ -68,20 +70,21 @@ fn messages() -> (MemoryQueue, Vec<MemoryMessage>) {
     (queue, out)
 }
 
-/// Drive `messages` through `stack` with at most `IN_FLIGHT` message futures at once.
-async fn drive<S>(stack: &mut S, messages: Vec<MemoryMessage>)
+/// Drive `requests` through `service` with at most [`IN_FLIGHT`] response futures at once,
+/// each call after `poll_ready`: the one driver of both arms.
+async fn drive<S, R>(service: &mut S, requests: impl IntoIterator<Item = R>)
 where
-    S: Service<MemoryMessage, Error = BoxError>,
+    S: Service<R, Error = BoxError>,
 {
     let mut in_flight = FuturesUnordered::new();
-    let mut messages = messages.into_iter();
+    let mut requests = requests.into_iter();
     loop {
         while in_flight.len() < IN_FLIGHT {
-            let Some(message) = messages.next() else {
+            let Some(request) = requests.next() else {
                 break;
             };
-            poll_fn(|cx| stack.poll_ready(cx)).await.expect("ready");
-            in_flight.push(stack.call(message));
+            poll_fn(|cx| service.poll_ready(cx)).await.expect("ready");
+            in_flight.push(service.call(request));
         }
         match in_flight.next().await {
             Some(result) => {
@@ -92,27 +95,31 @@ where
     }
 }
 
-/// Call `handler` directly, one call per `bulk` messages.
-async fn baseline<H>(handler: &mut H, messages: Vec<MemoryMessage>, bulk: usize)
-where
-    H: Service<Vec<MemoryMessage>, Response = (), Error = BoxError>,
-{
+/// The baseline's requests: the messages in batches of `bulk`, as the handler takes them.
+fn batches(messages: Vec<MemoryMessage>, bulk: usize) -> Vec<Vec<MemoryMessage>> {
+    let mut out = Vec::with_capacity(messages.len().div_ceil(bulk));
     let mut messages = messages.into_iter();
     loop {
-        let batch: Vec<MemoryMessage> = if bulk == 1 {
-            match messages.next() {
-                Some(m) => vec![m],
-                None => break,
-            }
-        } else {
-            let batch: Vec<_> = messages.by_ref().take(bulk).collect();
-            if batch.is_empty() {
-                break;
-            }
-            batch
-        };
-        poll_fn(|cx| handler.poll_ready(cx)).await.expect("ready");
-        handler.call(batch).await.expect("no-op handler succeeds");
+        let batch: Vec<MemoryMessage> = messages.by_ref().take(bulk).collect();
+        if batch.is_empty() {
+            return out;
+        }
+        out.push(batch);
+    }
+}
+
+/// Fail the bench unless every message of `queue` was settled exactly once, with `expected`.
+fn assert_settled_once(queue: &MemoryQueue, expected: Action) {
+    assert_eq!(queue.outstanding(), 0, "messages left unsettled");
+    let settlements = queue.settlements();
+    assert_eq!(settlements.len(), MESSAGES);
+    for (id, last) in settlements {
+        assert_eq!(last, Some(expected), "message {id} settled with {last:?}");
+        assert_eq!(
+            queue.settlement_history(id).len(),
+            1,
+            "message {id} settled twice"
+        );
     }
 }
 
@@ -135,10 +142,11 @@ fn bench(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let (queue, messages) = messages();
+                    let batches = batches(messages, bulk);
                     let start = Instant::now();
-                    baseline(&mut handler, messages, bulk).await;
+                    drive(&mut handler, batches).await;
                     total += start.elapsed();
-                    debug_assert_eq!(queue.outstanding(), 0);
+                    assert_settled_once(&queue, Action::Requeue);
                 }
                 total
             });
@@ -162,7 +170,7 @@ fn bench(c: &mut Criterion) {
                     let start = Instant::now();
                     drive(&mut stack, messages).await;
                     total += start.elapsed();
-                    debug_assert_eq!(queue.outstanding(), 0);
+                    assert_settled_once(&queue, Action::Ack);
                 }
                 total
             });

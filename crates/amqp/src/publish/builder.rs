@@ -6,7 +6,7 @@ use std::time::Duration;
 use lapin::Connection;
 use tokio::sync::Mutex;
 
-use super::publisher::{Inner, Origin};
+use super::publisher::{Inner, Origin, Published, SharedLane};
 use super::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher};
 use crate::AmqpConfig;
 use crate::config::check_short_string;
@@ -152,16 +152,16 @@ impl PublisherBuilder {
                 send_turn: std::sync::Mutex::new(()),
                 connection: Mutex::new(connection),
                 status: std::sync::Mutex::new(status),
-                shared: Mutex::new(None),
+                shared: SharedLane::new(),
                 mandatory_lane: Mutex::new(None),
+                published: Published::register(),
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         // Open the shared channel now, so a broken setup shows at build time.
         let open = async {
-            let mut shared = publisher.inner.shared.lock().await;
             publisher
-                .channel(&mut shared)
+                .shared_channel()
                 .await
                 .map_err(|error| error.into_publish_error("", ""))
         };

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,11 +124,77 @@ pub(super) struct Inner {
     /// Whether the broker has blocked the current connection; read when a publish times out.
     pub(super) status: std::sync::Mutex<lapin::ConnectionStatus>,
     /// The channel shared by non-mandatory publishes.
-    pub(super) shared: Mutex<Option<Channel>>,
+    pub(super) shared: SharedLane,
     /// The channel of mandatory publishes, held for a whole publish (see [`Publisher`]'s docs).
-    pub(super) mandatory_lane: Mutex<Option<Channel>>,
+    /// Channels are behind an `Arc`: a lapin `Channel` clone is more than a dozen reference
+    /// counts.
+    pub(super) mandatory_lane: Mutex<Option<Arc<Channel>>>,
+    /// `asyncworker_amqp_published_total`, by outcome, resolved once (a `counter!` per
+    /// publish builds its key and asks the recorder each time).
+    pub(super) published: Published,
     /// Set by [`Publisher::close`].
     pub(super) closed: std::sync::atomic::AtomicBool,
+}
+
+/// The lane of non-mandatory publishes: a publish only looks its channel up, under a std lock
+/// held for an `Arc` clone (a tokio lock per publish cost more than the rest of the lookup);
+/// the channel is (re)opened under `opening`, by one publish at a time.
+pub(super) struct SharedLane {
+    current: std::sync::Mutex<Option<Arc<Channel>>>,
+    opening: Mutex<()>,
+}
+
+impl SharedLane {
+    pub(super) fn new() -> Self {
+        SharedLane {
+            current: std::sync::Mutex::new(None),
+            opening: Mutex::new(()),
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Channel>>> {
+        // Every write is a single store: a poisoned lock holds a consistent value.
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The channel, if there is one and it is open.
+    fn connected(&self) -> Option<Arc<Channel>> {
+        connected(&self.slot())
+    }
+}
+
+/// The channel in `slot`, if it is open.
+fn connected(slot: &Option<Arc<Channel>>) -> Option<Arc<Channel>> {
+    slot.as_ref()
+        .filter(|channel| channel.status().connected())
+        .cloned()
+}
+
+/// The handles of `asyncworker_amqp_published_total{outcome}`, registered with the recorder
+/// installed when the publisher is built.
+pub(super) struct Published {
+    confirmed: metrics::Counter,
+    sent: metrics::Counter,
+    unroutable: metrics::Counter,
+    nacked: metrics::Counter,
+    timeout: metrics::Counter,
+    error: metrics::Counter,
+}
+
+impl Published {
+    pub(super) fn register() -> Self {
+        let counter = |outcome: &'static str| metrics::counter!("asyncworker_amqp_published_total", "outcome" => outcome);
+        Published {
+            confirmed: counter("confirmed"),
+            sent: counter("sent"),
+            unroutable: counter("unroutable"),
+            nacked: counter("nacked"),
+            timeout: counter("timeout"),
+            error: counter("error"),
+        }
+    }
 }
 
 pub(super) enum Origin {
@@ -208,7 +275,10 @@ impl Publisher {
             return Ok(());
         }
         let close = async {
-            let shared = inner.shared.lock().await.take();
+            let shared = {
+                let _opening = inner.shared.opening.lock().await;
+                inner.shared.slot().take()
+            };
             let mandatory = inner.mandatory_lane.lock().await.take();
             for channel in [shared, mandatory].into_iter().flatten() {
                 if channel.status().connected() {
@@ -320,12 +390,7 @@ impl Publisher {
             .flatten();
         message.check(inner.max_message_size, user.as_deref())?;
         let mandatory = message.mandatory.unwrap_or(inner.mandatory);
-        let lane = if mandatory {
-            &inner.mandatory_lane
-        } else {
-            &inner.shared
-        };
-        let attempt = self.publish_on(lane, &message, destination, mandatory);
+        let attempt = self.publish_on(&message, destination, mandatory);
         match tokio::time::timeout(inner.timeout, attempt).await {
             Ok(result) => result,
             Err(_elapsed) => {
@@ -334,11 +399,8 @@ impl Publisher {
                 // shared channel is replaced unless the whole connection is blocked, where a
                 // new channel would not help and each timeout would leave one more behind.
                 // Dropping our handle lets lapin close it once nothing uses it.
-                if !mandatory
-                    && !blocked
-                    && let Ok(mut channel) = lane.try_lock()
-                {
-                    *channel = None;
+                if !mandatory && !blocked {
+                    *inner.shared.slot() = None;
                 }
                 tracing::warn!(
                     exchange = %message.exchange,
@@ -347,8 +409,7 @@ impl Publisher {
                     blocked,
                     "publish timed out"
                 );
-                metrics::counter!("asyncworker_amqp_published_total", "outcome" => "timeout")
-                    .increment(1);
+                inner.published.timeout.increment(1);
                 Err(PublishError::Timeout {
                     exchange: message.exchange,
                     routing_key: message.routing_key,
@@ -361,21 +422,23 @@ impl Publisher {
 
     async fn publish_on(
         &self,
-        lane: &Mutex<Option<Channel>>,
         message: &OutgoingMessage,
         destination: (ShortString, ShortString),
         mandatory: bool,
     ) -> Result<(), PublishError> {
         let exchange = message.exchange.as_str();
         let routing_key = message.routing_key.as_str();
-        // A mandatory publish keeps its lane locked until its confirm (see [`Publisher`]'s docs);
-        // the shared lane is only locked while a channel is looked up.
-        let mut guard = lane.lock().await;
-        let channel = self
-            .channel(&mut guard)
-            .await
-            .map_err(|error| error.into_publish_error(exchange, routing_key))?;
         let result = if mandatory {
+            // A mandatory publish keeps its lane locked until its confirm (see [`Publisher`]'s
+            // docs).
+            let mut guard = self.inner.mandatory_lane.lock().await;
+            let channel = match connected(&guard) {
+                Some(channel) => channel,
+                // Boxed, as in `shared_channel`.
+                None => Box::pin(self.channel(&mut guard))
+                    .await
+                    .map_err(|error| error.into_publish_error(exchange, routing_key))?,
+            };
             // If this future is dropped before the confirm (a timeout, a cancelled caller),
             // the broker's `basic.return` for this message may still arrive on the channel,
             // and lapin would hand it to the next mandatory publish's confirm: retire the
@@ -390,7 +453,10 @@ impl Publisher {
             retire.0 = None;
             result
         } else {
-            drop(guard);
+            let channel = self
+                .shared_channel()
+                .await
+                .map_err(|error| error.into_publish_error(exchange, routing_key))?;
             self.send(&channel, message, destination, false).await
         };
         self.record(&result);
@@ -398,14 +464,15 @@ impl Publisher {
     }
 
     fn record(&self, result: &Result<(), PublishError>) {
-        let outcome = match result {
-            Ok(()) if self.inner.confirms => "confirmed",
-            Ok(()) => "sent",
-            Err(PublishError::Unroutable { .. }) => "unroutable",
-            Err(PublishError::Nacked { .. }) => "nacked",
-            Err(_) => "error",
+        let published = &self.inner.published;
+        let counter = match result {
+            Ok(()) if self.inner.confirms => &published.confirmed,
+            Ok(()) => &published.sent,
+            Err(PublishError::Unroutable { .. }) => &published.unroutable,
+            Err(PublishError::Nacked { .. }) => &published.nacked,
+            Err(_) => &published.error,
         };
-        metrics::counter!("asyncworker_amqp_published_total", "outcome" => outcome).increment(1);
+        counter.increment(1);
     }
 
     /// Publish `message` to `destination` (its exchange and routing key, checked by
@@ -420,7 +487,7 @@ impl Publisher {
         let exchange = message.exchange.as_str();
         let routing_key = message.routing_key.as_str();
         let amqp = |source: lapin::Error| failure(message, source);
-        let publish = channel.basic_publish(
+        let publish = std::pin::pin!(channel.basic_publish(
             exchange_name,
             routing_key_name,
             BasicPublishOptions {
@@ -429,7 +496,7 @@ impl Publisher {
             },
             &message.body,
             message.wire_properties(),
-        );
+        ));
         let confirm = in_turn(&self.inner.send_turn, publish)
             .await
             .map_err(amqp)?;
@@ -450,15 +517,34 @@ impl Publisher {
         }
     }
 
+    /// The shared lane's channel, opened (and the connection re-established) when needed.
+    pub(super) async fn shared_channel(&self) -> Result<Arc<Channel>, ChannelError> {
+        let lane = &self.inner.shared;
+        if let Some(channel) = lane.connected() {
+            return Ok(channel);
+        }
+        // Boxed: inline, opening a channel (and reconnecting) would make every publish's
+        // future, moved a few times on the way, larger by its state.
+        Box::pin(async {
+            let _opening = lane.opening.lock().await;
+            // Another publish may have opened it while this one waited.
+            let mut slot = lane.slot().clone();
+            let channel = self.channel(&mut slot).await;
+            *lane.slot() = slot;
+            channel
+        })
+        .await
+    }
+
     /// The lane's channel, opened (and the connection re-established) when needed.
     pub(super) async fn channel(
         &self,
-        slot: &mut Option<Channel>,
-    ) -> Result<Channel, ChannelError> {
+        slot: &mut Option<Arc<Channel>>,
+    ) -> Result<Arc<Channel>, ChannelError> {
         if let Some(channel) = slot.as_ref()
             && channel.status().connected()
         {
-            return Ok(channel.clone());
+            return Ok(Arc::clone(channel));
         }
         *slot = None;
         let connection = self.connection().await?;
@@ -472,7 +558,8 @@ impl Publisher {
                 .await
                 .map_err(ChannelError::Amqp)?;
         }
-        *slot = Some(channel.clone());
+        let channel = Arc::new(channel);
+        *slot = Some(Arc::clone(&channel));
         Ok(channel)
     }
 
@@ -510,8 +597,7 @@ impl Publisher {
 /// the other order than their numbers, and each be handed the other's confirm (a nacked
 /// message reported stored). Holding `turn` over that poll makes numbering and queueing one
 /// step; the rest — writing the frames, waiting for the confirm — stays concurrent.
-async fn in_turn<F: Future>(turn: &std::sync::Mutex<()>, publish: F) -> F::Output {
-    let mut publish = std::pin::pin!(publish);
+async fn in_turn<F: Future>(turn: &std::sync::Mutex<()>, mut publish: Pin<&mut F>) -> F::Output {
     let mut first = true;
     std::future::poll_fn(|cx| {
         if std::mem::take(&mut first) {
@@ -549,7 +635,7 @@ async fn report_returned(channel: &Channel) {
 
 /// Holds a mandatory lane while its publish is in flight; dropped before being disarmed (the
 /// publish future was dropped), it retires the lane's channel.
-struct RetireOnDrop<'a>(Option<tokio::sync::MutexGuard<'a, Option<Channel>>>);
+struct RetireOnDrop<'a>(Option<tokio::sync::MutexGuard<'a, Option<Arc<Channel>>>>);
 
 impl Drop for RetireOnDrop<'_> {
     fn drop(&mut self) {

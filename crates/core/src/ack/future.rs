@@ -136,7 +136,8 @@ pin_project! {
         #[pin]
         state: State<F>,
         guard: SettleGuard,
-        started: Instant,
+        // `None` when the layer has no metrics hook: nothing to time, no clock read.
+        started: Option<Instant>,
     }
 }
 
@@ -164,10 +165,11 @@ impl<F> ResponseFuture<F> {
     }
 
     fn new(state: State<F>, guard: SettleGuard) -> Self {
+        let started = guard.layer.hook.is_enabled().then(Instant::now);
         ResponseFuture {
             state,
             guard,
-            started: Instant::now(),
+            started,
         }
     }
 }
@@ -208,7 +210,6 @@ where
             StateProj::Done => panic!("ack ResponseFuture polled after completion"),
         };
         this.state.set(State::Done);
-        let elapsed = this.started.elapsed();
         let layer = &this.guard.layer;
         let (action, outcome) = match &result {
             Ok(_) => (layer.on_success, Outcome::Ok),
@@ -223,7 +224,9 @@ where
                 (layer.on_error, *outcome)
             }
         };
-        layer.hook.on_handled(outcome, elapsed);
+        if let Some(started) = this.started {
+            layer.hook.on_handled(outcome, started.elapsed());
+        }
         this.guard.settle(action);
         Poll::Ready(result.map_err(|(error, _)| error))
     }

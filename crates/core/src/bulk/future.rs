@@ -5,7 +5,8 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker, ready};
 
 use futures::future::Shared;
 use pin_project_lite::pin_project;
@@ -29,12 +30,11 @@ pin_project! {
     {
         Filling {
             cell: CellGuard<M>,
-            #[pin]
-            timer: Sleep,
-            #[pin]
-            shutdown: WaitForCancellationFutureOwned,
-            // The waker the timer, the shutdown future and the cell were last polled with.
-            registered: Option<Waker>,
+            // Boxed: inline, the timer and the shutdown future would make every state of
+            // the batch (each moved on its way to the call) several times larger.
+            watch: Pin<Box<Watch>>,
+            // What the timer, the shutdown future and the cell were last polled with.
+            registered: Option<Registered>,
         },
         // Waiting for a concurrency slot.
         Sealed {
@@ -54,6 +54,17 @@ pin_project! {
             span: tracing::Span,
         },
         Done,
+    }
+}
+
+pin_project! {
+    /// What seals a filling batch besides its size: its flush interval and shutdown.
+    #[project = WatchProj]
+    struct Watch {
+        #[pin]
+        timer: Sleep,
+        #[pin]
+        shutdown: WaitForCancellationFutureOwned,
     }
 }
 
@@ -89,8 +100,10 @@ where
         let deadline = deadline_after(config.flush_interval);
         let state = BatchState::Filling {
             cell: CellGuard(cell),
-            timer: tokio::time::sleep_until(deadline),
-            shutdown: config.shutdown.triggered(),
+            watch: Box::pin(Watch {
+                timer: tokio::time::sleep_until(deadline),
+                shutdown: config.shutdown.triggered(),
+            }),
             registered: None,
         };
         Self::new(state, inner, config)
@@ -112,6 +125,60 @@ where
             slots: config.batch_limit.clone().map(PollSemaphore::new),
             config,
             into_error: Into::into,
+        }
+    }
+}
+
+/// The waker a filling batch gives its timer, its shutdown future and its cell: it records
+/// that one of them fired, then wakes the batch's own waker.
+struct Wakeup {
+    fired: AtomicBool,
+    waker: Waker,
+}
+
+impl Wake for Wakeup {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.waker.wake_by_ref();
+    }
+}
+
+/// A filling batch's registration: its [`Wakeup`], and that as a `Waker`.
+struct Registered {
+    wakeup: Arc<Wakeup>,
+    waker: Waker,
+}
+
+impl Registered {
+    /// Whether polling with `waker` would find nothing new: registered with that waker, and
+    /// not woken since.
+    fn unchanged(&self, waker: &Waker) -> bool {
+        self.wakeup.waker.will_wake(waker) && !self.wakeup.fired.load(Ordering::Acquire)
+    }
+
+    /// The waker to register with for the batch's `waker`, reset to "not fired" before the
+    /// caller polls what it wakes on (so a wake during that poll is not lost).
+    fn renew(registered: &mut Option<Registered>, waker: &Waker) -> Waker {
+        match registered {
+            Some(r) if r.wakeup.waker.will_wake(waker) => {
+                r.wakeup.fired.store(false, Ordering::Release);
+                r.waker.clone()
+            }
+            _ => {
+                let wakeup = Arc::new(Wakeup {
+                    fired: AtomicBool::new(false),
+                    waker: waker.clone(),
+                });
+                let r = registered.insert(Registered {
+                    waker: Waker::from(wakeup.clone()),
+                    wakeup,
+                });
+                r.waker.clone()
+            }
         }
     }
 }
@@ -152,32 +219,30 @@ impl<S: Service<Vec<M>>, M> Future for BatchFuture<S, M> {
             match this.state.as_mut().project() {
                 StateProj::Filling {
                     cell,
-                    timer,
-                    shutdown,
+                    watch,
                     registered,
                 } => {
+                    // Fast path. Every message future of the batch polls it once through
+                    // `Shared`, always with the same waker (Shared's own). While none of the
+                    // timer, the shutdown signal and the cell has woken us since the last
+                    // registration, nothing can have changed: return at once, without a lock
+                    // (one batch of N messages would otherwise pay N times for the cell's
+                    // lock and the shutdown signal's).
+                    if registered.as_ref().is_some_and(|r| r.unchanged(cx.waker())) {
+                        return Poll::Pending;
+                    }
                     let mut state = cell.0.lock();
                     if state.sealed.is_none() {
-                        // Fast path. Every message future of the batch polls it once through
-                        // `Shared`, always with the same waker (Shared's own). When nothing
-                        // has changed since the last registration, skip re-registering with
-                        // the timer, the shutdown signal and the cell: one batch of N
-                        // messages would otherwise pay N times for it.
-                        let unchanged =
-                            registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
-                                && !timer.is_elapsed()
-                                && !this.config.shutdown.is_triggered();
-                        if unchanged {
-                            return Poll::Pending;
-                        }
-                        if timer.poll(cx).is_ready() {
+                        let waker = Registered::renew(registered, cx.waker());
+                        let mut wake_cx = Context::from_waker(&waker);
+                        let WatchProj { timer, shutdown } = watch.as_mut().project();
+                        if timer.poll(&mut wake_cx).is_ready() {
                             state.sealed = Some(FlushReason::Interval);
-                        } else if shutdown.poll(cx).is_ready() {
+                        } else if shutdown.poll(&mut wake_cx).is_ready() {
                             state.sealed = Some(FlushReason::Shutdown);
                         } else {
                             // Registered under the lock: a concurrent seal wakes us after.
-                            cell.0.waker.register(cx.waker());
-                            *registered = Some(cx.waker().clone());
+                            cell.0.waker.register(&waker);
                             return Poll::Pending;
                         }
                     }

@@ -28,8 +28,10 @@ pin_project! {
         // An attempt is running.
         Calling { #[pin] future: F },
         // An attempt failed with `error`; sleeping (until `slept`), then waiting for the
-        // service to be ready for the next attempt.
-        Backoff { #[pin] sleep: Sleep, slept: bool, error: E },
+        // service to be ready for the next attempt. The timer is boxed, as `stop`: both
+        // exist only after a failure, and inline they would make every attempt's future
+        // (moved at each layer on the success path) several times larger.
+        Backoff { sleep: Pin<Box<Sleep>>, slept: bool, error: E },
         // The output has been returned.
         Done,
     }
@@ -51,8 +53,7 @@ pin_project! {
         #[pin]
         state: State<S::Future, S::Error>,
         // Fires on shutdown; created with the first backoff, when there is a signal.
-        #[pin]
-        stop: Option<WaitForCancellationFutureOwned>,
+        stop: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
         // `None` when `max_attempts` is 1: there is nothing to retry with.
         retry: Option<RetryParts<S, Req, P>>,
         // The attempt running or last run, from 1.
@@ -114,7 +115,7 @@ where
                             Some(shutdown) if shutdown.is_triggered() => Some("shutdown has begun"),
                             Some(shutdown) => {
                                 if this.stop.is_none() {
-                                    this.stop.set(Some(shutdown.triggered()));
+                                    *this.stop = Some(Box::pin(shutdown.triggered()));
                                 }
                                 None
                             }
@@ -137,7 +138,7 @@ where
                         "attempt failed; retrying after backoff"
                     );
                     this.state.set(State::Backoff {
-                        sleep: tokio::time::sleep(delay),
+                        sleep: Box::pin(tokio::time::sleep(delay)),
                         slept: delay.is_zero(),
                         error,
                     });
@@ -146,8 +147,7 @@ where
                     let stopping = this
                         .stop
                         .as_mut()
-                        .as_pin_mut()
-                        .is_some_and(|stop| stop.poll(cx).is_ready());
+                        .is_some_and(|stop| stop.as_mut().poll(cx).is_ready());
                     if stopping {
                         tracing::debug!(
                             attempt = *this.attempt,
@@ -155,7 +155,7 @@ where
                         );
                     } else if let Some(retry) = this.retry.as_mut() {
                         if !*slept {
-                            ready!(sleep.poll(cx));
+                            ready!(sleep.as_mut().poll(cx));
                             *slept = true;
                         }
                         match retry.service.poll_ready(cx) {
