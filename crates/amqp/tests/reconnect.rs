@@ -42,6 +42,16 @@ async fn errors_for(stream: &mut AmqpStream, period: Duration) -> Vec<(Instant, 
     errors
 }
 
+/// Every item of a stream that gives up after its one attempt: all errors, no message.
+async fn errors_until_the_end(stream: AmqpStream) -> Vec<AmqpError> {
+    tokio::time::timeout(Duration::from_secs(10), stream.collect::<Vec<_>>())
+        .await
+        .expect("the stream ends after its one attempt")
+        .into_iter()
+        .map(|item| item.expect_err("no message"))
+        .collect()
+}
+
 /// Asserts that failure `i + 1` came at least `backoff.delay(i)` after failure `i` (10 %
 /// slack for when the test saw them): each retry waited, and the wait grew.
 fn assert_backoff_between(failures: &[Instant], backoff: &Backoff) {
@@ -187,12 +197,7 @@ async fn a_connection_limit_refusal_shows_the_brokers_reason() {
         .build()
         .unwrap();
     let (stream, _shutdown) = start(src, "no-connections");
-    let errors: Vec<_> = tokio::time::timeout(Duration::from_secs(10), stream.collect::<Vec<_>>())
-        .await
-        .expect("the stream ends after its one attempt")
-        .into_iter()
-        .map(|item| item.expect_err("no message"))
-        .collect();
+    let errors = errors_until_the_end(stream).await;
     let kinds: Vec<_> = errors.iter().map(AmqpError::kind).collect();
     assert_eq!(kinds, ["broker_refused", "gave_up"], "{errors:?}");
     let text = errors[0].to_string();
@@ -214,12 +219,7 @@ async fn a_wrong_password_is_an_authentication_refusal_with_the_brokers_reason()
         .unwrap();
     let src = AmqpSource::builder(config, ["q"]).build().unwrap();
     let (stream, _shutdown) = start(src, "wrong-password");
-    let errors: Vec<_> = tokio::time::timeout(Duration::from_secs(10), stream.collect::<Vec<_>>())
-        .await
-        .expect("the stream ends after its one attempt")
-        .into_iter()
-        .map(|item| item.expect_err("no message"))
-        .collect();
+    let errors = errors_until_the_end(stream).await;
     let kinds: Vec<_> = errors.iter().map(AmqpError::kind).collect();
     assert_eq!(kinds, ["authentication_refused", "gave_up"], "{errors:?}");
     let text = errors[0].to_string();
