@@ -141,6 +141,98 @@ async fn dropping_the_message_futures_of_a_filling_batch_requeues_its_messages()
     assert_eq!(queue.outstanding(), 0);
 }
 
+/// The future of the message that opened a batch drives it; dropped early, the futures of
+/// the batch's other messages carry it on, filling and running, and nothing is requeued.
+#[tokio::test(start_paused = true)]
+async fn a_batch_outlives_the_future_of_the_message_that_opened_it() {
+    let queue = MemoryQueue::new();
+    let (ids, messages) = deliver(&queue, 3).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        service_fn(move |batch: Vec<MemoryMessage>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::task::yield_now().await;
+                assert_eq!(batch.len(), 3);
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let mut bulk = BulkLayer::new(3)
+        .expect("valid bulk size")
+        .layer(AckLayer::new().layer(handler));
+    let mut messages = messages.into_iter();
+    let mut first = Box::pin(
+        bulk.ready()
+            .await
+            .expect("ready")
+            .call(messages.next().unwrap()),
+    );
+    let mut second = Box::pin(
+        bulk.ready()
+            .await
+            .expect("ready")
+            .call(messages.next().unwrap()),
+    );
+    assert!(poll_once(&mut first).is_pending());
+    assert!(poll_once(&mut second).is_pending());
+
+    drop(first);
+    assert_eq!(queue.outstanding(), 3, "the batch is still open");
+
+    let third = bulk
+        .ready()
+        .await
+        .expect("ready")
+        .call(messages.next().unwrap());
+    let (second, third) = tokio::join!(second, third);
+    second.expect("the batch ran");
+    third.expect("the batch ran");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one batch of three");
+    for id in ids {
+        assert_eq!(queue.settlement_history(id), vec![Action::Ack]);
+    }
+}
+
+/// The same once the batch is running: the future that drove it goes away mid-call, and a
+/// waiting one finishes it.
+#[tokio::test(start_paused = true)]
+async fn a_running_batch_is_finished_by_a_waiting_future_when_its_driver_is_dropped() {
+    let queue = MemoryQueue::new();
+    let (ids, messages) = deliver(&queue, 2).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let release = release.clone();
+        service_fn(move |_batch: Vec<MemoryMessage>| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let mut bulk = BulkLayer::new(2)
+        .expect("valid bulk size")
+        .layer(AckLayer::new().layer(handler));
+    let mut futures = Vec::new();
+    for message in messages {
+        futures.push(Box::pin(bulk.ready().await.expect("ready").call(message)));
+    }
+    for future in &mut futures {
+        assert!(poll_once(future).is_pending(), "the handler waits");
+    }
+    let waiting = futures.pop().expect("two futures");
+    drop(futures);
+    assert_eq!(queue.outstanding(), 2, "still running");
+
+    release.notify_one();
+    waiting.await.expect("finished by the waiting future");
+    for id in ids {
+        assert_eq!(queue.settlement_history(id), vec![Action::Ack]);
+    }
+}
+
 #[tokio::test]
 async fn a_message_dropped_unsettled_is_requeued_when_its_last_clone_goes() {
     let queue = MemoryQueue::new();

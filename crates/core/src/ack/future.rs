@@ -14,13 +14,13 @@ use tokio::time::Instant;
 use super::{AckLayer, HandlerPanicked};
 use crate::metrics::Outcome;
 use crate::util::Chain;
-use crate::{Action, BoxError, SettleError, Settlement};
+use crate::{Action, BoxError, Message, SettleError, Settlement};
 
 tokio::task_local! {
     // The settlement slots of the batch whose `Ack` future is polling its inner future, so
     // that a `Retry` inside it (whatever its request type) can clear their marks before a
     // new attempt.
-    static BATCH: Arc<[Settlement]>;
+    static BATCH: Settlements;
 }
 
 /// Clear the marks of the batch an enclosing [`Ack`](super::Ack) is running: called by
@@ -30,16 +30,48 @@ pub(crate) fn clear_marks_for_retry() {
     let _ = BATCH.try_with(|batch| batch.iter().for_each(Settlement::clear_mark));
 }
 
+/// The settlement slots of one batch. A batch of one (every batch at bulk size 1) keeps its
+/// slot inline: one allocation fewer per message.
+#[derive(Clone)]
+pub(super) enum Settlements {
+    One(Settlement),
+    Many(Arc<[Settlement]>),
+}
+
+impl Settlements {
+    pub(super) fn of<M: Message>(batch: &[M]) -> Self {
+        match batch {
+            [one] => Settlements::One(one.settlement().clone()),
+            _ => Settlements::Many(batch.iter().map(|m| m.settlement().clone()).collect()),
+        }
+    }
+
+    fn as_slice(&self) -> &[Settlement] {
+        match self {
+            Settlements::One(one) => std::slice::from_ref(one),
+            Settlements::Many(many) => many,
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Settlement> {
+        self.as_slice().iter()
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+}
+
 /// The settlement slots of one batch: settled by policy when the batch completes, requeued
 /// when it is dropped first.
 pub(super) struct SettleGuard {
-    settlements: Arc<[Settlement]>,
+    settlements: Settlements,
     layer: AckLayer,
     armed: bool,
 }
 
 impl SettleGuard {
-    pub(super) fn new(settlements: Arc<[Settlement]>, layer: AckLayer) -> Self {
+    pub(super) fn new(settlements: Settlements, layer: AckLayer) -> Self {
         SettleGuard {
             settlements,
             layer,

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use tower::Service;
 use tower_layer::Layer;
 
-use super::future::{ResponseFuture, SettleGuard};
+use super::future::{ResponseFuture, SettleGuard, Settlements};
 use super::{AckLayer, HandlerPanicked};
 use crate::util::ServiceFailed;
 use crate::{BoxError, Message};
@@ -80,10 +80,7 @@ where
     }
 
     fn call(&mut self, batch: Vec<M>) -> Self::Future {
-        let guard = SettleGuard::new(
-            batch.iter().map(|m| m.settlement().clone()).collect(),
-            self.layer.clone(),
-        );
+        let guard = SettleGuard::new(Settlements::of(&batch), self.layer.clone());
         if let Some(failed) = &self.failed {
             return ResponseFuture::failed(Box::new(failed.clone()), guard);
         }

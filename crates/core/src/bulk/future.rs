@@ -1,5 +1,5 @@
-//! The batch future (one per batch, shared by its messages) and [`ResponseFuture`] (one per
-//! message).
+//! The batch future (one per batch, driven by one of its message futures) and
+//! [`ResponseFuture`] (one per message).
 
 use std::fmt;
 use std::future::Future;
@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker, ready};
 
-use futures::future::Shared;
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
@@ -16,6 +15,7 @@ use tokio_util::sync::{PollSemaphore, WaitForCancellationFutureOwned};
 use tower::Service;
 
 use super::cell::{Cell, CellGuard};
+use super::handle::{Batch, Found, Handle, Registration};
 use super::layer::Config;
 use super::{BatchError, FlushReason};
 use crate::BoxError;
@@ -222,12 +222,11 @@ impl<S: Service<Vec<M>>, M> Future for BatchFuture<S, M> {
                     watch,
                     registered,
                 } => {
-                    // Fast path. Every message future of the batch polls it once through
-                    // `Shared`, always with the same waker (Shared's own). While none of the
-                    // timer, the shutdown signal and the cell has woken us since the last
-                    // registration, nothing can have changed: return at once, without a lock
-                    // (one batch of N messages would otherwise pay N times for the cell's
-                    // lock and the shutdown signal's).
+                    // Fast path. The driving message future is polled for other reasons too
+                    // (its task runs other futures), mostly with the same waker. While none of
+                    // the timer, the shutdown signal and the cell has woken us since the last
+                    // registration, nothing can have changed: return at once, without the
+                    // cell's lock or the shutdown signal's.
                     if registered.as_ref().is_some_and(|r| r.unchanged(cx.waker())) {
                         return Poll::Pending;
                     }
@@ -317,68 +316,122 @@ impl<S: Service<Vec<M>>, M> Future for BatchFuture<S, M> {
     }
 }
 
-pin_project! {
-    #[project = ResponseProj]
-    enum Inner<S, M>
-    where
-        S: Service<Vec<M>>,
-    {
-        // Boxed: a batch future holds the whole inner stack's future and a timer, and every
-        // message future is moved into its caller's set of in-flight futures; kept inline it
-        // would make each of them (bulk N included) as large as a batch.
-        Direct { future: Pin<Box<BatchFuture<S, M>>> },
-        Shared { #[pin] future: Shared<BatchFuture<S, M>> },
-    }
+enum Inner<S: Service<Vec<M>>, M> {
+    // Bulk 1, or a batch sealed at once (shutdown): nobody else waits for it.
+    Direct {
+        batch: Batch<S, M>,
+    },
+    // This future drives the batch and tells the waiting ones when it is done.
+    Driver {
+        batch: Batch<S, M>,
+        handle: Arc<Handle<S, M>>,
+    },
+    // Another future drives the batch; this one waits for its outcome.
+    Waiting {
+        handle: Arc<Handle<S, M>>,
+        registered: Option<Registration>,
+    },
+    Done,
 }
 
-pin_project! {
-    /// The future of one message given to [`Bulk`](super::Bulk): completes when its batch is
-    /// done, with the batch's [`BatchError`] (boxed) when it failed.
-    ///
-    /// # Panics
-    ///
-    /// When polled after it completed.
-    #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture<S, M>
-    where
-        // Forced: the batch future holds the future of the inner call.
-        S: Service<Vec<M>>,
-    {
-        #[pin]
-        inner: Inner<S, M>,
-    }
+/// The future of one message given to [`Bulk`](super::Bulk): completes when its batch is
+/// done, with the batch's [`BatchError`] (boxed) when it failed.
+///
+/// The message futures of a batch share it: one drives it, the others wait for it, and if the
+/// driver is dropped first, a waiting one takes over (see the
+/// [module docs](super#driving)).
+///
+/// # Panics
+///
+/// When polled after it completed.
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<S: Service<Vec<M>>, M> {
+    inner: Inner<S, M>,
 }
 
 impl<S: Service<Vec<M>>, M> ResponseFuture<S, M> {
-    pub(super) fn direct(future: BatchFuture<S, M>) -> Self {
+    /// The future of a batch no other message joins.
+    pub(super) fn direct(batch: BatchFuture<S, M>) -> Self {
         ResponseFuture {
             inner: Inner::Direct {
-                future: Box::pin(future),
+                batch: Box::pin(batch),
             },
         }
     }
 
-    pub(super) fn shared(future: Shared<BatchFuture<S, M>>) -> Self {
+    /// The future of the message that opened `batch`, which others may join through `handle`.
+    pub(super) fn driver(batch: BatchFuture<S, M>, handle: Arc<Handle<S, M>>) -> Self {
         ResponseFuture {
-            inner: Inner::Shared { future },
+            inner: Inner::Driver {
+                batch: Box::pin(batch),
+                handle,
+            },
+        }
+    }
+
+    /// The future of a message that joined the batch behind `handle`.
+    pub(super) fn waiting(handle: Arc<Handle<S, M>>) -> Self {
+        ResponseFuture {
+            inner: Inner::Waiting {
+                handle,
+                registered: None,
+            },
         }
     }
 }
 
 impl<S: Service<Vec<M>>, M> fmt::Debug for ResponseFuture<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        let role = match self.inner {
+            Inner::Direct { .. } => "direct",
+            Inner::Driver { .. } => "driver",
+            Inner::Waiting { .. } => "waiting",
+            Inner::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("role", &role)
+            .finish()
     }
 }
 
 impl<S: Service<Vec<M>>, M> Future for ResponseFuture<S, M> {
     type Output = Result<(), BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match self.project().inner.project() {
-            ResponseProj::Direct { future } => ready!(future.as_mut().poll(cx)),
-            ResponseProj::Shared { future } => ready!(future.poll(cx)),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let result = loop {
+            match &mut this.inner {
+                Inner::Direct { batch } => break ready!(batch.as_mut().poll(cx)),
+                Inner::Driver { batch, handle } => {
+                    let result = ready!(batch.as_mut().poll(cx));
+                    handle.finish(&result);
+                    break result;
+                }
+                Inner::Waiting { handle, registered } => match handle.poll_wait(*registered, cx) {
+                    Found::Done(result) => break result,
+                    Found::Waiting(registration) => {
+                        *registered = Some(registration);
+                        return Poll::Pending;
+                    }
+                    Found::Driver(batch) => {
+                        let handle = Arc::clone(handle);
+                        this.inner = Inner::Driver { batch, handle };
+                    }
+                },
+                Inner::Done => panic!("bulk ResponseFuture polled after completion"),
+            }
         };
+        this.inner = Inner::Done;
         Poll::Ready(result.map_err(|e| Box::new(e) as BoxError))
+    }
+}
+
+impl<S: Service<Vec<M>>, M> Drop for ResponseFuture<S, M> {
+    fn drop(&mut self) {
+        // A driver going away before its batch is done hands the batch to the waiting
+        // futures; if there are none, the handle drops it with its last reference.
+        if let Inner::Driver { batch, handle } = std::mem::replace(&mut self.inner, Inner::Done) {
+            handle.orphan(batch);
+        }
     }
 }

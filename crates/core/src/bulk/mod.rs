@@ -26,8 +26,9 @@
 //!
 //! # Driving
 //!
-//! There is no background task. A batch runs inside a shared future that every message
-//! future of the batch holds a handle to; whichever is polled drives it, timer included, so a
+//! There is no background task. The message future whose message opened a batch drives it,
+//! timer included; the others of the batch wait for its outcome, each woken once when it is
+//! done. If the driving future is dropped first, a waiting one takes the batch over, so a
 //! batch keeps moving as long as any of its message futures is alive. If all of them are
 //! dropped, the buffered messages are dropped too, and their settlement slots requeue them.
 //!
@@ -95,6 +96,7 @@
 mod cell;
 mod error;
 mod future;
+mod handle;
 mod layer;
 mod service;
 

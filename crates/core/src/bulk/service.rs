@@ -4,12 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::future::{FutureExt, WeakShared};
+use std::sync::Weak;
 use tower::Service;
 
 use super::FlushReason;
 use super::cell::Cell;
 use super::future::{BatchFuture, ResponseFuture};
+use super::handle::Handle;
 use super::layer::Config;
 use crate::BoxError;
 
@@ -24,12 +25,13 @@ pub struct Bulk<S: Service<Vec<M>>, M> {
     open: Option<OpenBatch<S, M>>,
 }
 
-/// The batch being filled: its buffer and a weak handle to the future its messages share.
+/// The batch being filled: its buffer and a weak reference to the handle its message futures
+/// share.
 ///
 /// Only the message futures keep a batch alive: a batch whose futures were all dropped goes
 /// away at once and requeues its buffered messages, instead of waiting for more messages or
 /// for the service to be dropped.
-type OpenBatch<S, M> = (Arc<Cell<M>>, WeakShared<BatchFuture<S, M>>);
+type OpenBatch<S, M> = (Arc<Cell<M>>, Weak<Handle<S, M>>);
 
 impl<S: Service<Vec<M>>, M> Bulk<S, M> {
     pub(super) fn new(inner: S, config: Arc<Config>) -> Self {
@@ -110,7 +112,7 @@ where
             let mut state = cell.lock();
             // `upgrade` fails once every message future of the batch is gone; its guard is
             // then sealing the cell (if it has not yet), so start a new batch.
-            if let Some(future) = weak.upgrade().filter(|_| state.sealed.is_none()) {
+            if let Some(handle) = weak.upgrade().filter(|_| state.sealed.is_none()) {
                 // No shutdown check here (it costs a lock per message): the batch future
                 // watches the signal and seals the batch on its next poll, this message
                 // included.
@@ -123,7 +125,7 @@ where
                 if full {
                     self.open = None;
                 }
-                return ResponseFuture::shared(future);
+                return ResponseFuture::waiting(handle);
             }
         }
         let shutting_down = config.shutdown.is_triggered();
@@ -134,12 +136,14 @@ where
             messages,
             shutting_down.then_some(FlushReason::Shutdown),
         ));
-        let future = BatchFuture::open(self.inner.clone(), config.clone(), cell.clone()).shared();
-        self.open = if shutting_down {
-            None
-        } else {
-            future.downgrade().map(|weak| (cell, weak))
-        };
-        ResponseFuture::shared(future)
+        let batch = BatchFuture::open(self.inner.clone(), config.clone(), cell.clone());
+        if shutting_down {
+            // Sealed already: no other message joins it.
+            self.open = None;
+            return ResponseFuture::direct(batch);
+        }
+        let handle = Arc::new(Handle::new());
+        self.open = Some((cell, Arc::downgrade(&handle)));
+        ResponseFuture::driver(batch, handle)
     }
 }
