@@ -2,6 +2,7 @@
 //! and [`PublishError`].
 
 mod builder;
+mod deadline;
 mod error;
 mod message;
 mod publisher;
