@@ -4,6 +4,7 @@
 mod builder;
 mod deadline;
 mod error;
+mod lane;
 mod message;
 mod publisher;
 
