@@ -68,7 +68,7 @@
 //! | `PREFETCH` | `256` | `basic.qos` of the main arms' consumers |
 //! | `BODY_BYTES` | `100` | message size |
 //! | `PUBLISH_WINDOW` | `1024` | unconfirmed publishes in flight while filling |
-//! | `ARMS` | all | comma-separated arms to run instead, e.g. `raw-multiple,aw-bulk256,aw-p64-b16`; also `aw-bulk1-bare` (Bulk → Ack only) |
+//! | `ARMS` | all | comma-separated arms to run instead, e.g. `raw-multiple,aw-bulk256,aw-p64-b16`; also `aw-bulk1-bare` (Bulk → Ack only); the publish arms always run, so `pub-raw,pub-aw` runs them alone |
 //! | `ROUNDS` | `3` | rounds (interleaved, rotated); the median is reported |
 //! | `PYTHON` | unset | a Python with `async-worker==0.20.2`: adds `py-bulk1`, `py-bulk256` |
 //! | `RUST_LOG` | unset | when set, the children log (tracing) to stderr |
@@ -483,6 +483,9 @@ async fn publish_raw(queue: &str, n: usize) -> Result<Run> {
     let conn = Connection::connect(&url(), ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    // Already declared by the parent; declared here too (the same arguments: a no-op) so a
+    // child run alone, under a profiler, publishes into a real queue.
+    declare(&ch, queue).await?;
     let props = BasicProperties::default().with_delivery_mode(2);
     let publish = || async {
         let confirm = ch
@@ -845,7 +848,12 @@ async fn parent() -> Result<()> {
             names
         }
     };
-    let arms: Vec<Arm> = names.iter().map(|a| Arm::parse(a)).collect::<Result<_>>()?;
+    // The publish arms run every round; naming them in `ARMS` (alone: no drain) is allowed.
+    let arms: Vec<Arm> = names
+        .iter()
+        .filter(|a| !matches!(a.as_str(), "pub-raw" | "pub-aw"))
+        .map(|a| Arm::parse(a))
+        .collect::<Result<_>>()?;
     if python.is_none() && arms.iter().any(|a| matches!(a.kind, Kind::Py { .. })) {
         return Err("the py- arms need PYTHON (scripts/bench.sh sets it)".into());
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use lapin::Connection;
 use tokio::sync::Mutex;
 
-use super::publisher::{Inner, Origin, Published, SharedLane};
+use super::lane::SharedLane;
+use super::publisher::{Inner, Origin, Published};
 use super::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher};
 use crate::AmqpConfig;
 use crate::config::check_short_string;

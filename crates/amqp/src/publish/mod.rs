@@ -2,7 +2,9 @@
 //! and [`PublishError`].
 
 mod builder;
+mod deadline;
 mod error;
+mod lane;
 mod message;
 mod publisher;
 
