@@ -27,20 +27,22 @@
 #   node  aw-cN@localhost   AMQP 127.0.0.1:570N   distribution port 2570N
 #
 # State: ${ASYNCWORKER_RABBITMQ_CLUSTER_DIR:-/tmp/asyncworker-rabbitmq-cluster}/<node>/ holds
-# each node's rabbitmq.conf, enabled_plugins (none: no management plugin), mnesia/, log/,
-# pid file, lock and server.out. Nodes are lightened for a shared 2-core machine (one
-# scheduler, no busy waiting) and stay real RabbitMQ. Every node shares the `rabbitmq` user's
-# Erlang cookie and the epmd daemon (scripts/lib/rabbitmq-node.sh).
+# each node's rabbitmq.conf, enabled_plugins, mnesia/, log/, pid file, lock and server.out.
+# No plugin is enabled (no management listener); the VM flags are RabbitMQ's own (`+S 1:1` saved ~14 MB a node and slowed boots). Every node shares the
+# `rabbitmq` user's Erlang cookie and the epmd daemon (scripts/lib/rabbitmq-node.sh). Wipe the
+# three data dirs together or not at all: a node with a fresh dir next to two with the old
+# cluster's cannot rejoin them.
 #
-# Measured on the shared 2-core dev machine (RabbitMQ 3.10.8, Erlang/OTP 25, load 0.1-2),
-# one run each, wall clock of the command:
-#   start, fresh data dirs (3 boots in parallel + 2 joins)   48 s
-#   stop (graceful, parallel)                                  8 s
-#   start after stop (warm: the nodes wait for each other)    36 s
+# Measured on the shared 2-core dev machine (RabbitMQ 3.10.8, Erlang/OTP 25), one run each,
+# wall clock of the command, load average 3-7 from other work:
+#   start, fresh data dirs (3 boots in parallel + 2 joins)   63 s  (48 s at load ~1, +S 1:1)
+#   stop (graceful, parallel)                                  7 s
+#   start after stop (warm: the nodes wait for each other)    28 s
 #   start on a formed, running cluster (one CLI call)          1.2 s
-#   kill N (kill -9, until gone)                               3.4 s
-#   start-node N after a kill (until all three see it)        18 s
-#   RSS of each node's beam.smp (ps -o rss), idle            ~118 MB
+#   kill N (kill -9, until gone)                               3.6 s
+#   start-node N after a kill (until all three see it)        12 s
+#   stop-node N / start-node N                              4 s / 14 s
+#   RSS of each node's beam.smp (ps -o rss), idle       123-139 MB
 set -euo pipefail
 
 SCRIPT=rabbitmq-cluster.sh
@@ -88,8 +90,6 @@ node_context() {
     OWN_DATA=1
     # shellcheck source=lib/rabbitmq-node.sh
     . "$LIB"
-    # Lighter nodes for a shared machine: one scheduler (RabbitMQ already turns busy waiting off).
-    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="$RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS +S 1:1"
 }
 
 write_config() {
@@ -105,7 +105,12 @@ EOF
 # from `cluster_status --formatter json`; empty when it does not answer.
 members() { ctl -q cluster_status --formatter json 2>/dev/null | jq -r '.disk_nodes[]?, .ram_nodes[]?' 2>/dev/null || true; }
 running() { ctl -q cluster_status --formatter json 2>/dev/null | jq -r '.running_nodes[]?' 2>/dev/null || true; }
-running_count() { running | grep -c '^aw-c[123]@localhost$' || true; }
+# How many of the three node $NODE sees running; 0 while it reports a network partition.
+running_count() {
+    ctl -q cluster_status --formatter json 2>/dev/null |
+        jq -r 'if (.partitions // {} | length) == 0 then .running_nodes[]? else empty end' 2>/dev/null |
+        grep -c '^aw-c[123]@localhost$' || true
+}
 
 # Start node $NODE when it does not answer; start its app when it answers with the app
 # stopped (a script killed between stop_app and start_app).
