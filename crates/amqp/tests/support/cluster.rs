@@ -92,6 +92,14 @@ impl Cluster {
         self.script(&["stop-node", self.node(i)]).await;
     }
 
+    /// A guard that starts node `i` again (`start-node`) if it is dropped during a panic: take
+    /// it before crashing or stopping a node, so a failing test leaves the cluster whole.
+    pub fn restart_on_panic(&self, i: usize) -> RestartOnPanic {
+        RestartOnPanic {
+            node: self.node(i).to_owned(),
+        }
+    }
+
     /// Starts node `i` again; returns when every node sees all of them running.
     ///
     /// # Panics
@@ -178,5 +186,28 @@ impl Cluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+}
+
+/// Starts a node again when dropped during a panic (see [`Cluster::restart_on_panic`]).
+#[derive(Debug)]
+pub struct RestartOnPanic {
+    node: String,
+}
+
+impl Drop for RestartOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let script = cluster_script();
+        match std::process::Command::new(&script)
+            .args(["start-node", &self.node])
+            .status()
+        {
+            Ok(status) if status.success() => {}
+            Ok(status) => eprintln!("test cleanup: start-node {} failed ({status})", self.node),
+            Err(error) => eprintln!("test cleanup: cannot run {}: {error}", script.display()),
+        }
     }
 }
