@@ -12,6 +12,7 @@
 //! - `proxy`: [`TcpProxy`], network trouble for one client;
 //! - `source`: an [`AmqpSource`](asyncworker_amqp::AmqpSource) configuration on the test
 //!   broker and stream polling with deadlines;
+//! - `cluster`: [`cluster::Cluster`], the three-node cluster of `scripts/rabbitmq-cluster.sh`;
 //! - `metrics`: a debugging recorder shared by the tests of one binary, and test logging.
 //!
 //! Environment (all optional):
@@ -32,6 +33,7 @@
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 mod broker;
+pub mod cluster;
 mod metrics;
 mod proxy;
 mod rabbitmqctl;
