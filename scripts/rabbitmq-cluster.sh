@@ -218,7 +218,7 @@ each_parallel() {
 start() {
     command -v rabbitmq-server >/dev/null 2>&1 ||
         cdie "rabbitmq-server is not installed: scripts/rabbitmq.sh start installs it"
-    command -v jq >/dev/null 2>&1 || cdie "jq is not installed (apt-get install jq)"
+    command -v jq >/dev/null 2>&1 || cdie "jq is not installed: scripts/rabbitmq.sh start installs it"
     local t0=$SECONDS
     # Fast path (one CLI call): node 1 sees all three running, so each runs its app and is
     # clustered.

@@ -52,6 +52,8 @@ install_packages() {
     command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v flock >/dev/null 2>&1 || missing+=(util-linux)
+    # scripts/rabbitmq-cluster.sh reads `rabbitmqctl cluster_status --formatter json` with jq.
+    command -v jq >/dev/null 2>&1 || missing+=(jq)
     [ "${#missing[@]}" -eq 0 ] && return 0
     [ "$(id -u)" -eq 0 ] || die "${missing[*]} missing and not root: cannot install"
     log "installing ${missing[*]} through apt"
