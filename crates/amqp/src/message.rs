@@ -16,6 +16,9 @@ use crate::settle::ChannelLife;
 /// The header [`Action::RequeueTail`] increments on each copy it publishes.
 pub const REQUEUE_COUNT_HEADER: &str = "x-asyncworker-requeues";
 
+/// The header quorum queues count redeliveries in (see [`AmqpMessage::delivery_count`]).
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
 /// What a route knows about one of its queues, shared by every delivery from it.
 #[derive(Debug)]
 pub(crate) struct QueueMeta {
@@ -247,6 +250,23 @@ impl AmqpMessage {
         self.delivery.requeue_count()
     }
 
+    /// How many times the broker delivered this message before (its `x-delivery-count`
+    /// header), or `None` when the header is absent.
+    ///
+    /// Quorum queues (`x-queue-type: quorum`) set this header on a message they deliver again
+    /// after it was requeued (a nack or reject with requeue, or its channel closing with the
+    /// message unacknowledged): RabbitMQ 3.10 sends `None` on the first delivery, then
+    /// `Some(1)`, `Some(2)`, … With an `x-delivery-limit` of `n` on the queue, the broker
+    /// dead-letters (or drops) the message instead of delivering it once more after the
+    /// delivery with count `n`: a handler sees it at most `n + 1` times. Classic queues
+    /// never set it (`None`; see [`redelivered`](Self::redelivered)), and
+    /// [`Action::RequeueTail`] copies do not carry it over as a count of their own (see
+    /// [`requeue_count`](Self::requeue_count)). Any AMQP integer type is accepted; a
+    /// negative or non-integer value reads as `None`.
+    pub fn delivery_count(&self) -> Option<u64> {
+        self.header(DELIVERY_COUNT_HEADER).and_then(int_value)
+    }
+
     /// The `content-type` property.
     pub fn content_type(&self) -> Option<&str> {
         short(self.delivery.properties.content_type())
@@ -426,6 +446,26 @@ pub(crate) mod tests {
         let v: serde_json::Value = msg.json().unwrap();
         assert_eq!(v["a"], 1);
         assert!(!format!("{msg:?}").contains("\"a\""));
+    }
+
+    /// The broker's `x-delivery-count` is read whatever integer type it comes as; a
+    /// missing, negative or non-integer one reads as `None`.
+    #[test]
+    fn delivery_count_reads_the_quorum_header() {
+        let with = |value: Option<AMQPValue>| {
+            let headers = value.map(|v| {
+                let mut h = FieldTable::default();
+                h.insert(DELIVERY_COUNT_HEADER.into(), v);
+                h
+            });
+            AmqpMessage::new(delivery(1, b"x", headers), Settlement::noop()).delivery_count()
+        };
+        assert_eq!(with(None), None);
+        assert_eq!(with(Some(AMQPValue::LongLongInt(2))), Some(2));
+        assert_eq!(with(Some(AMQPValue::LongInt(1))), Some(1));
+        assert_eq!(with(Some(AMQPValue::ShortShortUInt(3))), Some(3));
+        assert_eq!(with(Some(AMQPValue::LongLongInt(-1))), None);
+        assert_eq!(with(Some(AMQPValue::LongString("2".into()))), None);
     }
 
     #[test]

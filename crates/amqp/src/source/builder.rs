@@ -36,6 +36,13 @@ use crate::error::AmqpError;
 ///   open until every message it handed out has been settled; then closes the channels and
 ///   the connection.
 ///
+/// The source never declares its queues: they must exist, declared by their owner with the
+/// arguments they need (`x-queue-type: quorum`, `x-delivery-limit`,
+/// `x-dead-letter-exchange`, `x-single-active-consumer`, …), which consuming leaves alone, so a
+/// queue declared elsewhere is never redeclared differently (no 406 PRECONDITION_FAILED).
+/// Quorum queues count redeliveries in [`AmqpMessage::delivery_count`](crate::AmqpMessage::delivery_count);
+/// see `docs/quorum.md`.
+///
 /// A message marked [`Action::RequeueTail`] is copied to the tail of its queue (default
 /// exchange, routing key = queue name, same properties and headers, the
 /// [`REQUEUE_COUNT_HEADER`](crate::REQUEUE_COUNT_HEADER) incremented) on a connection of its
