@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use super::error::{ChannelError, failure};
 use super::{OutgoingMessage, PublishError, PublisherBuilder};
 use crate::AmqpConfig;
+use crate::config::Failover;
 
 /// Publishes messages with confirms; cheap to clone (clones share the connection and
 /// channels), `Send + Sync`, usable from any number of handlers at once.
@@ -198,8 +199,9 @@ impl Published {
 }
 
 pub(super) enum Origin {
-    /// The publisher connects (and reconnects) with this configuration, to this vhost.
-    Config(AmqpConfig, String),
+    /// The publisher connects (and reconnects) with this configuration, to this vhost, at the
+    /// endpoints in turn.
+    Config(AmqpConfig, String, Failover),
     Connection,
 }
 
@@ -208,7 +210,7 @@ impl fmt::Debug for Publisher {
         let inner = &*self.inner;
         let mut d = f.debug_struct("Publisher");
         match &inner.origin {
-            Origin::Config(config, vhost) => d
+            Origin::Config(config, vhost, _) => d
                 .field("broker", &format_args!("{config}"))
                 .field("vhost", vhost),
             Origin::Connection => d.field("broker", &"a caller's connection"),
@@ -570,16 +572,16 @@ impl Publisher {
         if connection.status().connected() {
             return Ok(Arc::clone(&connection));
         }
-        let Origin::Config(config, vhost) = &inner.origin else {
+        let Origin::Config(config, vhost, failover) = &inner.origin else {
             return Err(ChannelError::ConnectionClosed);
         };
         tracing::info!(broker = %config, %vhost, "publisher reconnecting");
-        let fresh = Arc::new(
-            config
-                .connect_vhost(vhost)
-                .await
-                .map_err(ChannelError::Connect)?,
-        );
+        let (fresh, used) = failover
+            .sweep(config, vhost)
+            .await
+            .map_err(ChannelError::Connect)?;
+        let fresh = Arc::new(fresh);
+        tracing::info!(endpoint = %config.endpoint_at(used, vhost), "publisher reconnected");
         if let Ok(mut status) = inner.status.lock() {
             *status = fresh.status().clone();
         }
