@@ -84,6 +84,27 @@ async fn a_route_skips_a_dead_first_endpoint_and_consumes_from_the_next() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_errors_name_the_endpoint_in_use_not_the_first_one() {
+    let missing = unique_name("failover-missing");
+    let config = dead_then_broker();
+    let broker_port = config.endpoints()[1].1;
+    let src = AmqpSource::builder(config, [missing.as_str()])
+        .build()
+        .unwrap();
+    let (mut stream, shutdown) = start(src, "failover-missing");
+    let error = loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
+            Ok(Some(Err(e))) if e.kind() == "queue_not_found" => break e,
+            Ok(Some(Err(_))) => {}
+            other => panic!("expected a queue_not_found error, got {other:?}"),
+        }
+    };
+    assert_eq!(error.endpoint().port(), broker_port, "{error}");
+    shutdown.trigger();
+    drain_to_end(&mut stream, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_reconnects_to_the_next_endpoint_and_drains_it() {
     let a = connect().await;
     let b = connect_to(&fault_url()).await;

@@ -290,6 +290,7 @@ impl Supervisor {
                     shared: self.shared.clone(),
                     queue: queue.clone(),
                     conn: conn.clone(),
+                    endpoint: endpoint.clone(),
                     connection_lost: lost.clone(),
                     out: self.out.clone(),
                 }
