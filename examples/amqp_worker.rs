@@ -9,7 +9,7 @@
 //!
 //! | variable | default |
 //! |---|---|
-//! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672` |
+//! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672` — or a comma-separated list, one URL per node (tried in order, failover to the next) |
 //! | `QUEUES` | `asgard/counts,asgard/counts/errors` |
 //! | `VHOST` | `fluentd` |
 //! | `BULK_SIZE` | `1` |
@@ -64,6 +64,8 @@ async fn main() -> Result<(), BoxError> {
         .prefetch(prefetch)
         .connection_name("asyncworker amqp_worker example")
         .build()?;
+    // The `connected` line then names the endpoint actually used (host and port).
+    tracing::info!(broker = %config, endpoints = ?config.endpoints(), "AMQP endpoints, tried in order");
     let source = AmqpSource::builder(config, queues.clone())
         .vhost(vhost.clone())
         .on_connection_error(|error, attempt| {

@@ -79,3 +79,18 @@ async fn channel_max_is_negotiated_down_to_the_brokers_limit() {
         let _ = connection.close(200, "done".into()).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_goes_to_the_first_endpoint_that_answers() {
+    let broker = AmqpConfig::from_url(&amqp_url()).unwrap();
+    let config = AmqpConfig::builder()
+        .url(&amqp_url())
+        .port(1)
+        .endpoint(broker.host(), broker.port())
+        .build()
+        .unwrap();
+    assert_eq!(config.port(), 1, "port() is the first endpoint's");
+    let connection = config.connect().await.expect("the second endpoint answers");
+    assert!(connection.status().connected());
+    connection.close(200, "OK".into()).await.unwrap();
+}

@@ -177,3 +177,70 @@ async fn a_host_name_the_certificate_does_not_cover_is_a_clear_error() {
     );
     forward.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_in_a_list_of_endpoints_shows_nowhere() {
+    captured_logs();
+    let secret = format!("s3cret-{}", unique_name("list"));
+    let encoded = percent_encode(&secret);
+    let broker = AmqpConfig::from_url(&amqp_url()).unwrap();
+    let list = format!(
+        "amqp://guest:{encoded}@127.0.0.1:1/%2f,amqp://guest:{encoded}@{}:{}/%2f",
+        broker.host(),
+        broker.port()
+    );
+    let config = AmqpConfig::builder()
+        .url(&list)
+        .reconnect(
+            Backoff::builder()
+                .initial_delay(Duration::from_millis(20))
+                .build()
+                .unwrap(),
+        )
+        .max_reconnect_attempts(2)
+        .build()
+        .unwrap();
+    assert_eq!(config.endpoints().len(), 2);
+    assert_hidden(
+        "the config's Debug and Display",
+        &format!("{config:?} {config:#?} {config}"),
+        &secret,
+    );
+    // URLs that disagree only in the password: the error says so, without either.
+    let other = format!("{list},amqp://guest:x{encoded}@h/%2f");
+    let error = AmqpConfig::from_url(&other).unwrap_err();
+    assert!(error.to_string().contains("password"), "{error}");
+    assert_hidden("a list error", &format!("{error} {error:?}"), &secret);
+
+    // The source tries the dead endpoint, then the broker (which refuses), then gives up.
+    let source = AmqpSource::builder(config.clone(), ["unused"])
+        .build()
+        .unwrap();
+    let errors: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(20),
+        source
+            .into_stream(SourceContext::new("security-list", Shutdown::new()))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the stream gives up");
+    let texts: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let e = e.expect_err("no message with a wrong password");
+            format!("{} | {e:?}", error_chain(&e))
+        })
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.contains("authentication refused")),
+        "the second endpoint was tried: {texts:?}"
+    );
+    for text in &texts {
+        assert_hidden("a source error", text, &secret);
+    }
+    let error = Publisher::connect(&config).await.unwrap_err();
+    assert_hidden("a publisher error", &error_chain(&error), &secret);
+    let logs = captured_logs();
+    assert_hidden("the logs", &logs, &secret);
+    assert_hidden("the logs", &logs, &encoded);
+}

@@ -33,6 +33,8 @@ pub struct AmqpConfigBuilder {
     pub(super) ca_pem: Option<String>,
     pub(super) client: Option<(Vec<u8>, Secret)>,
     pub(super) port: Option<u16>,
+    /// The endpoints after the first, in order; a port of `None` is the default one.
+    pub(super) more: Vec<(String, Option<u16>)>,
     pub(super) heartbeat: Duration,
     /// The plain-AMQP port used when none is given (`ASYNCWORKER_AMQP_DEFAULT_PORT`).
     pub(super) default_port: u16,
@@ -74,6 +76,7 @@ impl AmqpConfigBuilder {
             ca_pem: None,
             client: None,
             port: None,
+            more: Vec::new(),
             heartbeat: DEFAULT_HEARTBEAT,
             default_port: 5672,
             error: None,
@@ -99,6 +102,7 @@ impl fmt::Debug for AmqpConfigBuilder {
         let mut d = f.debug_struct("AmqpConfigBuilder");
         d.field("tls", &self.tls.map(|(on, _)| on))
             .field("port", &self.port)
+            .field("more_endpoints", &self.more)
             .field("heartbeat", &self.heartbeat);
         self.common.debug_fields(&mut d).finish_non_exhaustive()
     }
@@ -112,21 +116,75 @@ impl AmqpConfigBuilder {
     }
 
     /// Take the scheme, credentials, host, port, vhost and query parameters from an
-    /// `amqp://` or `amqps://` URL (see [`AmqpConfig::from_url`]).
-    pub fn url(mut self, url: &str) -> Self {
-        if let Err(message) = self.apply_url(url) {
+    /// `amqp://` or `amqps://` URL (see [`AmqpConfig::from_url`]), or from a comma-separated
+    /// list of them, one per endpoint: `amqp://u:p@h1:5701/v,amqp://u:p@h2:5702/v` is
+    /// [`AmqpConfigBuilder::urls`] with those two. A comma inside a password must be written
+    /// `%2C`.
+    pub fn url(self, url: &str) -> Self {
+        self.urls(url.split(','))
+    }
+
+    /// Take the endpoints, in order, and everything else from the URLs `urls`, which must
+    /// agree on their scheme, user, password, vhost and query parameters: connections go to
+    /// the first endpoint that answers, and a reconnect after a lost connection to the next
+    /// one (see [`AmqpConfigBuilder::max_reconnect_attempts`]). Replaces the endpoints set
+    /// before; a part all the URLs leave out (a port, the vhost) keeps the value set before.
+    ///
+    /// ```
+    /// use asyncworker_amqp::AmqpConfig;
+    ///
+    /// # fn main() -> Result<(), asyncworker_core::Error> {
+    /// let c = AmqpConfig::builder()
+    ///     .urls(["amqp://u:p@h1:5701/v", "amqp://u:p@h2:5702/v"])
+    ///     .build()?;
+    /// assert_eq!(c.endpoints(), [("h1", 5701), ("h2", 5702)]);
+    /// let same = AmqpConfig::builder().url("amqp://u:p@h1:5701/v,amqp://u:p@h2:5702/v").build()?;
+    /// assert_eq!(c, same);
+    /// // A password never shows, even in the error naming what differs.
+    /// let e = AmqpConfig::builder().urls(["amqp://u:p1@h1/v", "amqp://u:p2@h2/v"]).build();
+    /// assert!(e.unwrap_err().to_string().contains("password"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn urls<I>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        if let Err(message) = self.apply_urls(urls) {
             self.fail(message);
         }
         self
     }
 
-    /// The broker's host name or address (default `localhost`).
+    /// Add an endpoint after those set so far, sharing their credentials, vhost, TLS and
+    /// options (see [`AmqpConfigBuilder::urls`]).
+    ///
+    /// ```
+    /// use asyncworker_amqp::AmqpConfig;
+    ///
+    /// # fn main() -> Result<(), asyncworker_core::Error> {
+    /// let c = AmqpConfig::builder()
+    ///     .url("amqp://u:p@rabbit-1:5672/jobs")
+    ///     .endpoint("rabbit-2", 5672)
+    ///     .endpoint("rabbit-3", 5673)
+    ///     .build()?;
+    /// assert_eq!(c.endpoints(), [("rabbit-1", 5672), ("rabbit-2", 5672), ("rabbit-3", 5673)]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn endpoint(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.more.push((host.into(), Some(port)));
+        self
+    }
+
+    /// The (first) broker's host name or address (default `localhost`).
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.common.host = host.into();
         self
     }
 
-    /// The broker's port (default 5672, or 5671 with TLS).
+    /// The (first) broker's port (default 5672, or 5671 with TLS).
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
         self
@@ -183,8 +241,9 @@ impl AmqpConfigBuilder {
         self
     }
 
-    /// Give up after `attempts` failed connection attempts in a row (at least 1): the source
-    /// then yields [`AmqpError::GaveUp`](crate::AmqpError::GaveUp) and ends its stream, which
+    /// Give up after `attempts` failed connection attempts in a row (at least 1), each
+    /// endpoint tried counting as one attempt (with 3 endpoints, 3 attempts try each once):
+    /// the source then yields [`AmqpError::GaveUp`](crate::AmqpError::GaveUp) and ends its stream, which
     /// ends the route. By default a source retries forever.
     pub fn max_reconnect_attempts(mut self, attempts: u32) -> Self {
         self.common.reconnect_attempts = Some(attempts);
@@ -367,18 +426,32 @@ impl AmqpConfigBuilder {
         } else {
             None
         };
-        let port = self.port.unwrap_or(if tls.is_some() {
+        let default_port = if tls.is_some() {
             5671
         } else {
             self.default_port
-        });
+        };
+        let port = self.port.unwrap_or(default_port);
         if port == 0 {
             return Err(Error::config("the AMQP port must not be 0"));
+        }
+        let mut more = Vec::with_capacity(self.more.len());
+        for (i, (host, their_port)) in self.more.into_iter().enumerate() {
+            let host = host.trim().to_owned();
+            let their_port = their_port.unwrap_or(default_port);
+            if host.is_empty() || their_port == 0 {
+                return Err(Error::config(format!(
+                    "AMQP endpoint {} has an empty host or a port of 0",
+                    i + 2
+                )));
+            }
+            more.push((host, their_port));
         }
         Ok(AmqpConfig {
             inner: Arc::new(Inner {
                 tls,
                 port,
+                more,
                 heartbeat,
                 common: Common {
                     host: self.common.host.trim().to_owned(),

@@ -1,4 +1,7 @@
-//! Opening a connection from an [`AmqpConfig`].
+//! Opening a connection from an [`AmqpConfig`], and [`Failover`]: which of its endpoints a
+//! connection goes to.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::LongString;
@@ -9,14 +12,16 @@ use super::{AmqpConfig, check_short_string};
 use crate::error::AmqpError;
 
 impl AmqpConfig {
-    /// Open a connection to the configuration's default virtual host.
+    /// Open a connection to the configuration's default virtual host, at the first of its
+    /// endpoints that answers (tried in order, once each).
     ///
     /// Used by the sources of this crate, and handy for setup code (declaring queues) and for
     /// publishers. No retry here: the sources retry with the reconnect policy.
     ///
     /// # Errors
     ///
-    /// An [`AmqpError`] classifying the failure (authentication, vhost access, network).
+    /// An [`AmqpError`] classifying the failure (authentication, vhost access, network); with
+    /// several endpoints, the failure of the last one tried (each failure is logged).
     pub async fn connect(&self) -> Result<Connection, AmqpError> {
         self.connect_vhost(self.vhost()).await
     }
@@ -28,15 +33,20 @@ impl AmqpConfig {
     /// As [`AmqpConfig::connect`]; [`AmqpError::Connect`] without any I/O when `vhost` is
     /// longer than AMQP's 255 bytes.
     pub async fn connect_vhost(&self, vhost: &str) -> Result<Connection, AmqpError> {
-        self.connect_attempt(vhost, 1).await
+        Failover::new()
+            .sweep(self, vhost)
+            .await
+            .map(|(connection, _)| connection)
     }
 
-    pub(crate) async fn connect_attempt(
+    /// One connection attempt, to endpoint `index`.
+    async fn connect_to(
         &self,
+        index: usize,
         vhost: &str,
         attempt: u32,
     ) -> Result<Connection, AmqpError> {
-        let endpoint = self.endpoint(vhost);
+        let endpoint = self.endpoint_at(index, vhost);
         let fail = |e: lapin::Error| AmqpError::connect(endpoint.clone(), attempt, e);
         // lapin panics on a vhost that does not fit a short string.
         check_short_string("vhost", vhost).map_err(|error| {
@@ -58,8 +68,8 @@ impl AmqpConfig {
                     username: inner.common.user.clone(),
                     password: inner.common.password.0.clone(),
                 },
-                host: inner.common.host.clone(),
-                port: inner.port,
+                host: endpoint.host().to_owned(),
+                port: endpoint.port(),
             },
             vhost: vhost.to_owned(),
             query: AMQPQueryString {
@@ -101,6 +111,70 @@ impl AmqpConfig {
                     inner.common.connection_timeout
                 ),
             )))),
+        }
+    }
+}
+
+/// Which endpoint of a configuration the next connection attempt goes to: the one after the
+/// endpoint of the previous attempt, whatever its outcome, so attempts go round the endpoints
+/// in order from the first, and the reconnect after a lost connection goes to the endpoint
+/// after the one that was lost. One per connection owner (a source, a publisher, a
+/// requeue-tail connection); a configuration with one endpoint always gets that one.
+#[derive(Debug, Default)]
+pub(crate) struct Failover {
+    next: AtomicUsize,
+}
+
+impl Failover {
+    /// A cursor at the first endpoint.
+    pub(crate) fn new() -> Self {
+        Failover::default()
+    }
+
+    /// The index of the endpoint the next attempt goes to.
+    pub(crate) fn next(&self, config: &AmqpConfig) -> usize {
+        self.next.load(Ordering::Relaxed) % config.endpoint_count()
+    }
+
+    /// One attempt (number `attempt`, for errors) at the next endpoint; the cursor moves to
+    /// the one after it. On success, the connection and the endpoint's index.
+    pub(crate) async fn attempt(
+        &self,
+        config: &AmqpConfig,
+        vhost: &str,
+        attempt: u32,
+    ) -> Result<(Connection, usize), AmqpError> {
+        let index = self.next(config);
+        self.next
+            .store((index + 1) % config.endpoint_count(), Ordering::Relaxed);
+        config
+            .connect_to(index, vhost, attempt)
+            .await
+            .map(|connection| (connection, index))
+    }
+
+    /// One attempt at each endpoint in turn, from the next one, until one connects; the
+    /// error of the last one when none does (the others are logged).
+    pub(crate) async fn sweep(
+        &self,
+        config: &AmqpConfig,
+        vhost: &str,
+    ) -> Result<(Connection, usize), AmqpError> {
+        let count = config.endpoint_count();
+        let mut attempt = 1u32;
+        loop {
+            match self.attempt(config, vhost, attempt).await {
+                Ok(connected) => return Ok(connected),
+                Err(error) if (attempt as usize) < count => {
+                    tracing::warn!(
+                        endpoint = %error.endpoint(),
+                        error = &error as &dyn std::error::Error,
+                        "cannot connect; trying the next endpoint",
+                    );
+                }
+                Err(error) => return Err(error),
+            }
+            attempt += 1;
         }
     }
 }

@@ -4,7 +4,7 @@
 //! - `values`: [`AmqpConfig`], the validated configuration and its accessors;
 //! - `builder`: [`AmqpConfigBuilder`], its defaults and checks;
 //! - `uri`: parsing `amqp://` URLs into a builder;
-//! - `connect`: opening a connection from a configuration;
+//! - `connect`: opening a connection from a configuration, [`Failover`] between its endpoints;
 //! - `connections`: [`Connections`], several configurations by name.
 
 mod builder;
@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub use builder::AmqpConfigBuilder;
 pub(crate) use builder::check_short_string;
+pub(crate) use connect::Failover;
 pub use connections::Connections;
 pub use values::AmqpConfig;
 

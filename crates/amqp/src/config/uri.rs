@@ -6,6 +6,85 @@ use super::AmqpConfigBuilder;
 use super::values::Secret;
 
 impl AmqpConfigBuilder {
+    /// Applies a list of URLs: the first as [`AmqpConfigBuilder::apply_url`] does, the
+    /// others only adding their host and port, after checking they agree with the first on
+    /// everything else.
+    pub(super) fn apply_urls<I>(&mut self, urls: I) -> Result<(), String>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let before = self.clone();
+        let mut first: Option<AmqpConfigBuilder> = None;
+        let mut more = Vec::new();
+        for (i, raw) in urls.into_iter().enumerate() {
+            let raw = raw.as_ref().trim();
+            let n = i + 1;
+            if raw.is_empty() {
+                return Err(format!(
+                    "AMQP URL {n} of the list is empty: separate URLs with single commas,                      without one at the end"
+                ));
+            }
+            if i > 0 && !raw.contains("://") {
+                return Err(format!(
+                    "AMQP URL {n} of the list is not an amqp:// or amqps:// URL (if a password \
+                     holds a comma, write it as %2C)"
+                ));
+            }
+            let mut parsed = before.clone();
+            parsed.apply_url(raw).map_err(|e| {
+                if i == 0 {
+                    e
+                } else {
+                    format!("AMQP URL {n} of the list: {e}")
+                }
+            })?;
+            match &first {
+                None => first = Some(parsed),
+                Some(first) => {
+                    if let Some(what) = first.differs_from(&parsed) {
+                        return Err(format!(
+                            "AMQP URL {n} of the list differs from the first in its {what}:                              the URLs of one configuration may differ only in their host and                              port"
+                        ));
+                    }
+                    more.push((parsed.common.host, parsed.port));
+                }
+            }
+        }
+        let Some(mut first) = first else {
+            return Err("the list of AMQP URLs is empty".to_owned());
+        };
+        first.more = more;
+        *self = first;
+        Ok(())
+    }
+
+    /// What (other than the host and port) a URL applied to the same builder as `self` set
+    /// differently, if anything.
+    fn differs_from(&self, other: &AmqpConfigBuilder) -> Option<&'static str> {
+        let (a, b) = (&self.common, &other.common);
+        [
+            (self.tls.map(|t| t.0) != other.tls.map(|t| t.0), "scheme"),
+            (a.user != b.user, "user name"),
+            (a.password != b.password, "password"),
+            (a.vhost != b.vhost, "vhost"),
+            (self.heartbeat != other.heartbeat, "heartbeat parameter"),
+            (a.prefetch != b.prefetch, "prefetch parameter"),
+            (
+                a.connection_timeout != b.connection_timeout,
+                "connection_timeout parameter",
+            ),
+            (
+                a.connection_name != b.connection_name,
+                "connection_name parameter",
+            ),
+            (a.frame_max != b.frame_max, "frame_max parameter"),
+            (a.channel_max != b.channel_max, "channel_max parameter"),
+        ]
+        .into_iter()
+        .find_map(|(differs, what)| differs.then_some(what))
+    }
+
     pub(super) fn apply_url(&mut self, raw: &str) -> Result<(), String> {
         // Never echo `raw`: it may hold a password.
         let raw = raw.trim();
@@ -255,5 +334,93 @@ mod tests {
         assert_eq!(c.host(), "::1");
         assert_eq!(c.port(), 5673);
         assert_eq!(c.vhost(), "/");
+    }
+
+    #[test]
+    fn a_comma_separated_list_gives_every_endpoint_in_order() {
+        let c = AmqpConfig::builder()
+            .url(" amqp://u:p@h1:5701/v?heartbeat=5 , amqp://u:p@h2:5702/v?heartbeat=5,amqp://u:p@h3/v?heartbeat=5")
+            .build()
+            .unwrap();
+        assert_eq!(c.endpoints(), [("h1", 5701), ("h2", 5702), ("h3", 5672)]);
+        assert_eq!((c.host(), c.port(), c.vhost()), ("h1", 5701, "v"));
+        assert_eq!(c.heartbeat(), Duration::from_secs(5));
+        assert_eq!(
+            c.endpoint_at(1, "v").to_string(),
+            "amqp://u@h2:5702 vhost \"v\""
+        );
+        assert_eq!(
+            c.to_string(),
+            "amqp://u@h1:5701,h2:5702,h3:5672 vhost \"v\""
+        );
+        let same = AmqpConfig::from_urls([
+            "amqp://u:p@h1:5701/v?heartbeat=5",
+            "amqp://u:p@h2:5702/v?heartbeat=5",
+            "amqp://u:p@h3/v?heartbeat=5",
+        ])
+        .unwrap();
+        assert_eq!(c, same);
+        // TLS keeps its default port for every endpoint; endpoint() adds after the list.
+        let c = AmqpConfig::builder()
+            .url("amqps://h1,amqps://h2:5000")
+            .endpoint("h3", 5001)
+            .build()
+            .unwrap();
+        assert_eq!(c.endpoints(), [("h1", 5671), ("h2", 5000), ("h3", 5001)]);
+        // One URL: one endpoint, as before.
+        assert_eq!(
+            AmqpConfig::from_url("amqp://h").unwrap().endpoints(),
+            [("h", 5672)]
+        );
+    }
+
+    #[test]
+    fn urls_that_disagree_are_an_error_naming_what_differs_never_the_password() {
+        for (list, what) in [
+            ("amqp://u:p@h1/v,amqps://u:p@h2/v", "scheme"),
+            ("amqp://u:p@h1/v,amqp://w:p@h2/v", "user name"),
+            ("amqp://u:s3cret-a@h1/v,amqp://u:s3cret-b@h2/v", "password"),
+            ("amqp://u:p@h1/v,amqp://u:p@h2/w", "vhost"),
+            ("amqp://u:p@h1/v,amqp://u:p@h2", "vhost"),
+            ("amqp://u:p@h1/v?heartbeat=5,amqp://u:p@h2/v", "heartbeat"),
+            ("amqp://u:p@h1/v,amqp://u:p@h2/v?prefetch=3", "prefetch"),
+            (
+                "amqp://h1?connection_name=a,amqp://h2?connection_name=b",
+                "connection_name",
+            ),
+            ("amqp://h1?frame_max=8192,amqp://h2", "frame_max"),
+        ] {
+            let e = url_error(list);
+            assert!(e.contains("URL 2") && e.contains(what), "{list}: {e}");
+            assert!(!e.contains("s3cret"), "{list}: {e}");
+        }
+    }
+
+    #[test]
+    fn empty_entries_and_bad_entries_in_a_list_are_errors() {
+        for list in ["amqp://a,,amqp://b", "amqp://a,", ",amqp://a", "", " , "] {
+            let e = url_error(list);
+            assert!(e.contains("empty"), "{list:?}: {e}");
+        }
+        assert!(url_error("amqp://a,amqp://b?bogus=1").contains("URL 2"));
+        // A raw comma in a password splits the URL: the error says how to write it.
+        let e = url_error("amqp://u:pa,ss-secret@h/v");
+        assert!(!e.contains("ss-secret"), "{e}");
+        let e = url_error("amqp://u:p@h/v,ss-secret@h/v");
+        assert!(e.contains("%2C") && !e.contains("ss-secret"), "{e}");
+        assert!(
+            AmqpConfig::builder()
+                .url("amqp://h")
+                .endpoint("", 1)
+                .build()
+                .is_err()
+        );
+        assert!(
+            AmqpConfig::builder()
+                .url("amqp://h")
+                .endpoint("h2", 0)
+                .build()
+                .is_err()
+        );
     }
 }

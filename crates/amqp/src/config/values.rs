@@ -75,6 +75,9 @@ impl Common {
 pub(super) struct Inner {
     pub(super) tls: Option<Tls>,
     pub(super) port: u16,
+    /// The endpoints after the first (`common.host`, `port`), in order, sharing everything
+    /// else.
+    pub(super) more: Vec<(String, u16)>,
     pub(super) heartbeat: u16,
     pub(super) common: Common,
 }
@@ -148,14 +151,55 @@ impl AmqpConfig {
         AmqpConfig::builder().url(url).build()
     }
 
-    /// The broker's host name or address.
+    /// A configuration from several `amqp://` or `amqps://` URLs, one per node of a cluster,
+    /// tried in order (see [`AmqpConfigBuilder::urls`]).
+    ///
+    /// ```
+    /// use asyncworker_amqp::AmqpConfig;
+    ///
+    /// # fn main() -> Result<(), asyncworker_core::Error> {
+    /// let c = AmqpConfig::from_urls(["amqp://u:p@h1:5701/v", "amqp://u:p@h2:5702/v"])?;
+    /// assert_eq!(c.endpoints(), [("h1", 5701), ("h2", 5702)]);
+    /// assert_eq!((c.host(), c.port()), ("h1", 5701));
+    /// // Every URL must agree on all but the host and port.
+    /// assert!(AmqpConfig::from_urls(["amqp://u:p@h1/v", "amqp://u:p@h2/w"]).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`AmqpConfig::from_url`], and [`Error::Config`] when the list is empty, or when the
+    /// URLs differ in anything but their host and port (the error names what differs).
+    pub fn from_urls<I>(urls: I) -> Result<AmqpConfig, Error>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        AmqpConfig::builder().urls(urls).build()
+    }
+
+    /// The first endpoint's host name or address.
     pub fn host(&self) -> &str {
         &self.inner.common.host
     }
 
-    /// The broker's port.
+    /// The first endpoint's port.
     pub fn port(&self) -> u16 {
         self.inner.port
+    }
+
+    /// Every endpoint (host, port), in the order connections try them; the first is
+    /// [`AmqpConfig::host`] and [`AmqpConfig::port`]. Never empty.
+    pub fn endpoints(&self) -> Vec<(&str, u16)> {
+        std::iter::once((self.host(), self.port()))
+            .chain(self.inner.more.iter().map(|(h, p)| (h.as_str(), *p)))
+            .collect()
+    }
+
+    /// How many endpoints there are (at least 1).
+    pub(crate) fn endpoint_count(&self) -> usize {
+        1 + self.inner.more.len()
     }
 
     /// The user name.
@@ -205,13 +249,23 @@ impl AmqpConfig {
         self.inner.common.reconnect_attempts
     }
 
-    /// The endpoint for `vhost`, as errors and logs name it.
+    /// The first endpoint with `vhost`, as errors and logs name it.
     pub fn endpoint(&self, vhost: &str) -> Endpoint {
+        self.endpoint_at(0, vhost)
+    }
+
+    /// Endpoint `index` (modulo the number of endpoints) with `vhost`.
+    pub(crate) fn endpoint_at(&self, index: usize, vhost: &str) -> Endpoint {
+        let index = index % self.endpoint_count();
+        let (host, port) = match index.checked_sub(1) {
+            None => (self.inner.common.host.as_str(), self.inner.port),
+            Some(i) => (self.inner.more[i].0.as_str(), self.inner.more[i].1),
+        };
         Endpoint {
             tls: self.tls(),
             user: self.inner.common.user.as_str().into(),
-            host: self.inner.common.host.as_str().into(),
-            port: self.inner.port,
+            host: host.into(),
+            port,
             vhost: vhost.into(),
         }
     }
@@ -239,6 +293,7 @@ impl fmt::Debug for AmqpConfig {
         let mut d = f.debug_struct("AmqpConfig");
         d.field("tls", &self.inner.tls)
             .field("port", &self.inner.port)
+            .field("more_endpoints", &self.inner.more)
             .field("heartbeat", &self.heartbeat());
         self.inner
             .common
@@ -248,8 +303,18 @@ impl fmt::Debug for AmqpConfig {
 }
 
 impl fmt::Display for AmqpConfig {
-    /// `amqp://user@host:port vhost "/"` — never the password.
+    /// `amqp://user@host:port vhost "/"` — never the password; with several endpoints
+    /// `amqp://user@host1:port1,host2:port2 vhost "/"`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.endpoint(self.vhost()), f)
+        if self.inner.more.is_empty() {
+            return fmt::Display::fmt(&self.endpoint(self.vhost()), f);
+        }
+        let scheme = if self.tls() { "amqps" } else { "amqp" };
+        write!(f, "{scheme}://{}@", self.user())?;
+        for (i, (host, port)) in self.endpoints().into_iter().enumerate() {
+            let comma = if i == 0 { "" } else { "," };
+            write!(f, "{comma}{host}:{port}")?;
+        }
+        write!(f, " vhost {:?}", self.vhost())
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelState, MAX_BATCH};
 use super::{HEALTHY_AFTER, Item, RouteShared};
-use crate::error::AmqpError;
+use crate::error::{AmqpError, Endpoint};
 use crate::message::{AmqpMessage, Delivery, QueueMeta};
 use crate::settle::{AmqpSettle, ChannelLife, Cmd, Outstanding};
 
@@ -51,6 +51,8 @@ pub(crate) struct QueueTask {
     pub(crate) shared: Arc<RouteShared>,
     pub(crate) queue: Arc<QueueMeta>,
     pub(crate) conn: Arc<Connection>,
+    /// The endpoint `conn` is connected to (of the config's several), for errors and logs.
+    pub(crate) endpoint: Endpoint,
     pub(crate) connection_lost: CancellationToken,
     pub(crate) out: Option<mpsc::UnboundedSender<Item>>,
 }
@@ -119,17 +121,13 @@ impl QueueTask {
             let delay = self.shared.backoff.delay(attempt);
             match failure {
                 Failure::Consume(source) => {
-                    let error = AmqpError::consume(
-                        self.shared.endpoint.clone(),
-                        &self.queue.name,
-                        delay,
-                        source,
-                    );
+                    let error =
+                        AmqpError::consume(self.endpoint.clone(), &self.queue.name, delay, source);
                     tracing::warn!(
                         route = %self.shared.route,
                         queue = %self.queue.name,
-                        host = %self.shared.endpoint.host(),
-                        vhost = %self.shared.endpoint.vhost(),
+                        host = %self.endpoint.host(),
+                        vhost = %self.endpoint.vhost(),
                         attempt,
                         error = &error as &dyn std::error::Error,
                         "cannot consume queue",
@@ -145,14 +143,14 @@ impl QueueTask {
                 Failure::Ended(reason) => {
                     let error = AmqpError::ConsumerEnded {
                         queue: self.queue.name.to_string(),
-                        endpoint: self.shared.endpoint.clone(),
+                        endpoint: self.endpoint.clone(),
                         reason,
                     };
                     tracing::warn!(
                         route = %self.shared.route,
                         queue = %self.queue.name,
-                        host = %self.shared.endpoint.host(),
-                        vhost = %self.shared.endpoint.vhost(),
+                        host = %self.endpoint.host(),
+                        vhost = %self.endpoint.vhost(),
                         failures_in_a_row = attempt,
                         retry_in = ?delay,
                         error = %error,
@@ -241,8 +239,8 @@ impl QueueTask {
         tracing::info!(
             route = %self.shared.route,
             queue = %self.queue.name,
-            host = %self.shared.endpoint.host(),
-            vhost = %self.shared.endpoint.vhost(),
+            host = %self.endpoint.host(),
+            vhost = %self.endpoint.vhost(),
             prefetch = self.shared.prefetch,
             channel_generation = generation,
             "consuming",

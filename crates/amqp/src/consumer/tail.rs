@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::channel::ChannelState;
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, Failover};
 use crate::error::Endpoint;
 use crate::message::{Delivery, QueueMeta, REQUEUE_COUNT_HEADER};
 use crate::publish::{OutgoingMessage, PublishError, Publisher};
@@ -38,6 +38,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct TailPublisher {
     /// The route's configuration, with the connection named after the copies.
     config: AmqpConfig,
+    /// Which endpoint the next connection goes to.
+    failover: Failover,
     endpoint: Endpoint,
     route: Arc<str>,
     current: Mutex<Option<Open>>,
@@ -60,6 +62,7 @@ impl TailPublisher {
         );
         TailPublisher {
             config: config.renamed(&name),
+            failover: Failover::new(),
             endpoint,
             route,
             current: Mutex::new(None),
@@ -80,26 +83,26 @@ impl TailPublisher {
         }
         let vhost = self.endpoint.vhost();
         let opened = tokio::time::timeout(OPEN_TIMEOUT, async {
-            let connection = Arc::new(
-                self.config
-                    .connect_vhost(vhost)
-                    .await
-                    .map_err(|e| PublishError::Connect(Box::new(e)))?,
-            );
+            let (connection, used) = self
+                .failover
+                .sweep(&self.config, vhost)
+                .await
+                .map_err(|e| PublishError::Connect(Box::new(e)))?;
+            let connection = Arc::new(connection);
             let publisher = Publisher::builder()
                 .mandatory(true)
                 .timeout(REQUEUE_TAIL_TIMEOUT)
                 .from_connection(connection.clone())
                 .await?;
-            Ok::<_, PublishError>((connection, publisher))
+            Ok::<_, PublishError>((connection, publisher, used))
         })
         .await;
         match opened {
-            Ok(Ok((connection, publisher))) => {
+            Ok(Ok((connection, publisher, used))) => {
                 let watch = tokio::spawn(watch_blocks(
                     connection.clone(),
                     self.route.clone(),
-                    self.endpoint.clone(),
+                    self.config.endpoint_at(used, vhost),
                 ));
                 *current = Some(Open {
                     publisher: publisher.clone(),

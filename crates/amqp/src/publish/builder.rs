@@ -10,7 +10,7 @@ use super::lane::SharedLane;
 use super::publisher::{Inner, Origin, Published};
 use super::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PUBLISH_TIMEOUT, PublishError, Publisher};
 use crate::AmqpConfig;
-use crate::config::check_short_string;
+use crate::config::{Failover, check_short_string};
 
 /// Options for a [`Publisher`]: confirms, the default of `mandatory`, the timeout.
 #[derive(Debug, Clone)]
@@ -104,12 +104,13 @@ impl PublisherBuilder {
         check_short_string("vhost", &vhost).map_err(|_| {
             PublishError::InvalidOptions("the vhost is longer than AMQP's 255 bytes")
         })?;
-        let connection = config
-            .connect_vhost(&vhost)
+        let failover = Failover::new();
+        let (connection, _) = failover
+            .sweep(config, &vhost)
             .await
             .map_err(|error| PublishError::Connect(Box::new(error)))?;
-        self.build(Origin::Config(config.clone(), vhost), Arc::new(connection))
-            .await
+        let origin = Origin::Config(config.clone(), vhost, failover);
+        self.build(origin, Arc::new(connection)).await
     }
 
     /// Publishes on `connection`, a connection of the caller's (shared: the caller may keep

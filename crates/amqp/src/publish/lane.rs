@@ -101,16 +101,16 @@ impl Publisher {
         if connection.status().connected() {
             return Ok(Arc::clone(&connection));
         }
-        let Origin::Config(config, vhost) = &inner.origin else {
+        let Origin::Config(config, vhost, failover) = &inner.origin else {
             return Err(ChannelError::ConnectionClosed);
         };
         tracing::info!(broker = %config, %vhost, "publisher reconnecting");
-        let fresh = Arc::new(
-            config
-                .connect_vhost(vhost)
-                .await
-                .map_err(ChannelError::Connect)?,
-        );
+        let (fresh, used) = failover
+            .sweep(config, vhost)
+            .await
+            .map_err(ChannelError::Connect)?;
+        let fresh = Arc::new(fresh);
+        tracing::info!(endpoint = %config.endpoint_at(used, vhost), "publisher reconnected");
         if let Ok(mut status) = inner.status.lock() {
             *status = fresh.status().clone();
         }

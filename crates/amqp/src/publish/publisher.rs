@@ -17,6 +17,7 @@ use super::error::failure;
 use super::lane::{RetireOnDrop, SharedLane, connected};
 use super::{OutgoingMessage, PublishError, PublisherBuilder};
 use crate::AmqpConfig;
+use crate::config::Failover;
 
 /// Publishes messages with confirms; cheap to clone (clones share the connection and
 /// channels), `Send + Sync`, usable from any number of handlers at once.
@@ -163,8 +164,9 @@ impl Published {
 }
 
 pub(super) enum Origin {
-    /// The publisher connects (and reconnects) with this configuration, to this vhost.
-    Config(AmqpConfig, String),
+    /// The publisher connects (and reconnects) with this configuration, to this vhost, at the
+    /// endpoints in turn.
+    Config(AmqpConfig, String, Failover),
     Connection,
 }
 
@@ -173,7 +175,7 @@ impl fmt::Debug for Publisher {
         let inner = &*self.inner;
         let mut d = f.debug_struct("Publisher");
         match &inner.origin {
-            Origin::Config(config, vhost) => d
+            Origin::Config(config, vhost, _) => d
                 .field("broker", &format_args!("{config}"))
                 .field("vhost", vhost),
             Origin::Connection => d.field("broker", &"a caller's connection"),

@@ -60,7 +60,7 @@ use crate::error::AmqpError;
 ///
 /// # Metrics
 ///
-/// `asyncworker_amqp_connection_state{route, host, vhost}` (1 connected, 0 not),
+/// `asyncworker_amqp_connection_state{route, host, port, vhost}` (per endpoint: 1 connected to it, 0 not),
 /// `asyncworker_amqp_reconnects_total{host}` (connection attempts after a failure or a lost
 /// connection), `asyncworker_amqp_connection_failures_total{host, kind}`,
 /// `asyncworker_amqp_connection_blocked_total{host}`,

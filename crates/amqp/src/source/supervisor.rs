@@ -5,6 +5,11 @@
 //! consuming) for [`HEALTHY_AFTER`]. Only a connection that stayed healthy that long starts
 //! the backoff over, so a broker that closes each connection right after it was made (a user
 //! allowed no channel, say) is not hammered.
+//!
+//! With several endpoints ([`AmqpConfig::endpoints`]) each attempt goes to the next one
+//! ([`Failover`]): a failed attempt moves on to the next endpoint at once, and the backoff
+//! is waited only once every endpoint has failed in turn; the reconnect after a lost
+//! connection goes to the endpoint after the lost one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Callback;
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, Failover};
 use crate::consumer::{HEALTHY_AFTER, Item, QueueTask, RouteShared};
 use crate::error::{AmqpError, Endpoint};
 use crate::message::QueueMeta;
@@ -68,15 +73,21 @@ impl Supervisor {
         }
     }
 
-    fn gauge(&self, connected: bool) {
-        let e = &self.shared.endpoint;
-        metrics::gauge!(
-            "asyncworker_amqp_connection_state",
-            "route" => self.shared.route.to_string(),
-            "host" => e.host().to_owned(),
-            "vhost" => e.vhost().to_owned(),
-        )
-        .set(if connected { 1.0 } else { 0.0 });
+    /// `asyncworker_amqp_connection_state{route, host, port, vhost}`: 1 for the endpoint
+    /// `connected` names, 0 for the others.
+    fn gauge(&self, connected: Option<usize>) {
+        let vhost = self.shared.endpoint.vhost();
+        for index in 0..self.config.endpoint_count() {
+            let e = self.config.endpoint_at(index, vhost);
+            metrics::gauge!(
+                "asyncworker_amqp_connection_state",
+                "route" => self.shared.route.to_string(),
+                "host" => e.host().to_owned(),
+                "port" => e.port().to_string(),
+                "vhost" => e.vhost().to_owned(),
+            )
+            .set(if connected == Some(index) { 1.0 } else { 0.0 });
+        }
     }
 
     async fn supervise(mut self) {
@@ -93,7 +104,11 @@ impl Supervisor {
         // Connections lost in a row before the route was ready for HEALTHY_AFTER.
         let mut quick_losses = 0u32;
         let mut reconnecting = false;
-        self.gauge(false);
+        // Where each attempt goes; failed attempts in a row since every endpoint was last
+        // tried (the backoff is waited when all have failed in turn).
+        let failover = Failover::new();
+        let mut failed_in_round = 0usize;
+        self.gauge(None);
         loop {
             if stop.is_cancelled() {
                 break;
@@ -103,19 +118,23 @@ impl Supervisor {
                 metrics::counter!("asyncworker_amqp_reconnects_total", "host" => host.clone())
                     .increment(1);
             }
-            tracing::debug!(route = %self.shared.route, %endpoint, attempt, "connecting");
+            let target = self
+                .config
+                .endpoint_at(failover.next(&self.config), endpoint.vhost());
+            tracing::debug!(route = %self.shared.route, endpoint = %target, attempt, "connecting");
             let connected = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                c = self.config.connect_attempt(endpoint.vhost(), attempt) => c,
+                c = failover.attempt(&self.config, endpoint.vhost(), attempt) => c,
             };
-            let conn = match connected {
-                Ok(conn) => conn,
+            let (conn, used) = match connected {
+                Ok(connected) => connected,
                 Err(error) => {
+                    let tried = error.endpoint().clone();
                     reconnecting = true;
                     metrics::counter!(
                         "asyncworker_amqp_connection_failures_total",
-                        "host" => host.clone(),
+                        "host" => tried.host().to_owned(),
                         "kind" => error.kind(),
                     )
                     .increment(1);
@@ -126,25 +145,42 @@ impl Supervisor {
                     if self.shared.max_attempts.is_some_and(|max| next > max) {
                         tracing::error!(
                             route = %self.shared.route,
-                            host = %endpoint.host(),
-                            vhost = %endpoint.vhost(),
+                            host = %tried.host(),
+                            port = tried.port(),
+                            vhost = %tried.vhost(),
                             attempt,
                             error = &error as &dyn std::error::Error,
                             "cannot connect; giving up",
                         );
                         self.emit(Err(error.clone()));
                         self.emit(Err(AmqpError::GaveUp {
-                            endpoint: endpoint.clone(),
+                            endpoint: tried,
                             attempts: attempt,
                             last: Box::new(error),
                         }));
                         break;
                     }
+                    failed_in_round += 1;
+                    if failed_in_round < self.config.endpoint_count() {
+                        tracing::warn!(
+                            route = %self.shared.route,
+                            host = %tried.host(),
+                            port = tried.port(),
+                            vhost = %tried.vhost(),
+                            attempt,
+                            error = &error as &dyn std::error::Error,
+                            "cannot connect; trying the next endpoint",
+                        );
+                        self.emit(Err(error));
+                        continue;
+                    }
+                    failed_in_round = 0;
                     let delay = self.shared.backoff.delay(failures.failed());
                     tracing::warn!(
                         route = %self.shared.route,
-                        host = %endpoint.host(),
-                        vhost = %endpoint.vhost(),
+                        host = %tried.host(),
+                        port = tried.port(),
+                        vhost = %tried.vhost(),
                         attempt,
                         retry_in = ?delay,
                         error = &error as &dyn std::error::Error,
@@ -158,22 +194,27 @@ impl Supervisor {
                     }
                 }
             };
+            let connected_to = self.config.endpoint_at(used, endpoint.vhost());
             tracing::info!(
                 route = %self.shared.route,
-                host = %endpoint.host(),
-                port = endpoint.port(),
-                vhost = %endpoint.vhost(),
+                host = %connected_to.host(),
+                port = connected_to.port(),
+                vhost = %connected_to.vhost(),
                 heartbeat = conn.configuration().heartbeat(),
                 "connected",
             );
             attempt = 0;
+            failed_in_round = 0;
             reconnecting = true;
             self.shared.take_loss();
-            self.gauge(true);
-            match self.run_connection(Arc::new(conn), &mut failures).await {
+            self.gauge(Some(used));
+            match self
+                .run_connection(Arc::new(conn), &connected_to, &mut failures)
+                .await
+            {
                 Generation::Stopped => break,
                 Generation::Lost => {
-                    self.gauge(false);
+                    self.gauge(None);
                     let reason = self
                         .shared
                         .take_loss()
@@ -186,8 +227,9 @@ impl Supervisor {
                     if quick_losses == 1 {
                         tracing::warn!(
                             route = %self.shared.route,
-                            host = %endpoint.host(),
-                            vhost = %endpoint.vhost(),
+                            host = %connected_to.host(),
+                            port = connected_to.port(),
+                            vhost = %connected_to.vhost(),
                             %reason,
                             retry_in = ?delay,
                             "connection lost; reconnecting",
@@ -195,8 +237,9 @@ impl Supervisor {
                     } else {
                         tracing::warn!(
                             route = %self.shared.route,
-                            host = %endpoint.host(),
-                            vhost = %endpoint.vhost(),
+                            host = %connected_to.host(),
+                            port = connected_to.port(),
+                            vhost = %connected_to.vhost(),
                             %reason,
                             lost_in_a_row = quick_losses,
                             retry_in = ?delay,
@@ -206,7 +249,7 @@ impl Supervisor {
                         );
                     }
                     let error = AmqpError::ConnectionLost {
-                        endpoint: endpoint.clone(),
+                        endpoint: connected_to,
                         reason,
                     };
                     self.emit(Err(error));
@@ -219,7 +262,7 @@ impl Supervisor {
             }
         }
         self.shared.consuming.not_ready();
-        self.gauge(false);
+        self.gauge(None);
         self.shared.tail.close().await;
         tracing::debug!(route = %self.shared.route, "AMQP source stopped");
     }
@@ -229,6 +272,7 @@ impl Supervisor {
     async fn run_connection(
         &mut self,
         conn: Arc<Connection>,
+        endpoint: &Endpoint,
         failures: &mut FailureStreak,
     ) -> Generation {
         let stop = &self.shared.stop;
@@ -237,6 +281,7 @@ impl Supervisor {
             conn.clone(),
             lost.clone(),
             self.shared.clone(),
+            endpoint.clone(),
         ));
         let mut tasks = JoinSet::new();
         for queue in &self.queues {
@@ -245,6 +290,7 @@ impl Supervisor {
                     shared: self.shared.clone(),
                     queue: queue.clone(),
                     conn: conn.clone(),
+                    endpoint: endpoint.clone(),
                     connection_lost: lost.clone(),
                     out: self.out.clone(),
                 }
@@ -318,9 +364,14 @@ impl Supervisor {
 }
 
 /// Log and count the connection's events; notice its loss.
-async fn watch_events(conn: Arc<Connection>, lost: CancellationToken, shared: Arc<RouteShared>) {
+async fn watch_events(
+    conn: Arc<Connection>,
+    lost: CancellationToken,
+    shared: Arc<RouteShared>,
+    endpoint: Endpoint,
+) {
     let mut events = conn.events_listener();
-    let watch = BlockWatch::new(&shared.route, &shared.endpoint, "consuming");
+    let watch = BlockWatch::new(&shared.route, &endpoint, "consuming");
     loop {
         let event = tokio::select! {
             () = lost.cancelled() => break,
