@@ -8,7 +8,7 @@
 //! | variable | default |
 //! |---|---|
 //! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672` |
-//! | `VHOST` | `fluentd` (must exist: `scripts/demo.sh` creates it on a local broker) |
+//! | `VHOST` | the vhost of `AMQP_URL` if it names one, else `fluentd` (must exist: `scripts/demo.sh` creates it on a local broker) |
 //! | `QUEUES` | `asgard/counts,asgard/counts/errors` — messages go round-robin |
 //! | `MESSAGES` | `25` |
 //! | `POISON` | unset — when `1`, also publish one body that is not JSON, for the worker to reject |
@@ -38,9 +38,8 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> Result<(), Report> {
     let url = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672");
-    let vhost = env_or("VHOST", "fluentd");
     let queues: Vec<String> = env_or("QUEUES", "asgard/counts,asgard/counts/errors")
         .split(',')
         .map(|q| q.trim().to_owned())
@@ -54,9 +53,12 @@ async fn main() -> Result<(), BoxError> {
         .map_err(|_| "MESSAGES must be a whole number")?;
     let poison = env_or("POISON", "0") == "1";
 
-    let config = AmqpConfig::builder()
-        .url(&url)
-        .vhost(vhost.clone())
+    // As amqp_worker: the original's vhost unless the URL names one, `VHOST` over both.
+    let mut config = AmqpConfig::builder().vhost("fluentd").url(&url);
+    if let Ok(vhost) = std::env::var("VHOST") {
+        config = config.vhost(vhost);
+    }
+    let config = config
         .connection_name("asyncworker amqp_publish example")
         .build()?;
     let connection = Arc::new(config.connect().await?);

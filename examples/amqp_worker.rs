@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672` — or a comma-separated list, one URL per node (tried in order, failover to the next) |
 //! | `QUEUES` | `asgard/counts,asgard/counts/errors` |
-//! | `VHOST` | `fluentd` |
+//! | `VHOST` | the vhost of `AMQP_URL` if it names one, else `fluentd` |
 //! | `BULK_SIZE` | `1` |
 //! | `PREFETCH` | `256` |
 //! | `WORK_MS` | `0` — simulated work per batch, to watch load and shutdown |
@@ -43,7 +43,7 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, BoxErro
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> Result<(), Report> {
     // The settings are read from the environment once, here.
     let mut app = App::new();
     asyncworker::init_logging(app.settings()?);
@@ -54,24 +54,26 @@ async fn main() -> Result<(), BoxError> {
         .map(|q| q.trim().to_owned())
         .filter(|q| !q.is_empty())
         .collect();
-    let vhost = env_or("VHOST", "fluentd");
     let bulk_size: usize = env_number("BULK_SIZE", 1)?;
     let prefetch: u16 = env_number("PREFETCH", 256)?;
     let work = Duration::from_millis(env_number("WORK_MS", 0)?);
 
-    let config = AmqpConfig::builder()
-        .url(&url)
+    // The original's vhost unless the URL names one (a URL without a path keeps the
+    // builder's), and `VHOST` over both.
+    let mut config = AmqpConfig::builder().vhost("fluentd").url(&url);
+    if let Ok(vhost) = std::env::var("VHOST") {
+        config = config.vhost(vhost);
+    }
+    let config = config
         .prefetch(prefetch)
         .connection_name("asyncworker amqp_worker example")
         .build()?;
     // The `connected` line then names the endpoint actually used (host and port).
     tracing::info!(broker = %config, endpoints = ?config.endpoints(), "AMQP endpoints, tried in order");
-    let source = AmqpSource::builder(config, queues.clone())
-        .vhost(vhost.clone())
-        .on_connection_error(|error, attempt| {
-            tracing::warn!(attempt, %error, "cannot reach the broker; retrying");
-        })
-        .build()?;
+    let vhost = config.vhost().to_owned();
+    // The source logs each failed connection attempt itself (with the endpoint, the attempt
+    // and the delay before the next); `on_connection_error` is for acting on them.
+    let source = AmqpSource::builder(config, queues.clone()).build()?;
 
     let drain_handler = move |messages: Vec<AmqpMessage>| async move {
         tracing::info!(size = messages.len(), "batch received");

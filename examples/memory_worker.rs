@@ -46,7 +46,7 @@ fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, BoxError> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> Result<(), Report> {
     // The settings are read from the environment once, here.
     let mut app = App::new();
     init_logging(app.settings()?);

@@ -73,7 +73,7 @@ async fn on_event(events: Vec<SseEvent>) -> Result<(), BoxError> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> Result<(), Report> {
     // The settings are read from the environment once, here.
     let mut app = App::new();
     asyncworker::init_logging(app.settings()?);

@@ -68,6 +68,7 @@
 
 mod logging;
 pub mod prelude;
+mod report;
 
 pub use asyncworker_core::{
     Action, App, Backoff, BackoffBuilder, BoxError, Error, Health, Jitter, Message, Readiness,
@@ -76,6 +77,7 @@ pub use asyncworker_core::{
 };
 pub use asyncworker_core::{ack, builder, bulk, memory, message, metrics, retry, runtime, ticks};
 pub use logging::init_logging;
+pub use report::Report;
 
 /// RabbitMQ through `lapin` (the `asyncworker-amqp` crate; feature `amqp`).
 #[cfg(feature = "amqp")]

@@ -1,10 +1,12 @@
 //! What a worker needs, in one import: `use asyncworker::prelude::*;`.
 //!
 //! The [`App`], the [`Message`] trait (for `text`, `json`, `accept`, `reject`, ...), the
-//! settlement [`Action`], [`BoxError`], the [`Shutdown`] signal and, under their features,
+//! settlement [`Action`], [`BoxError`], [`Report`] (for `main`), the [`Shutdown`] signal and, under their features,
 //! each backend's source and message types.
 
 pub use asyncworker_core::{Action, App, BoxError, Message, Shutdown};
+
+pub use crate::Report;
 
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]

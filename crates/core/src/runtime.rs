@@ -9,8 +9,9 @@
 //!   intake instead of piling messages up;
 //! - a panic in the stack is caught, logged and treated as that message's error; the route
 //!   keeps serving;
-//! - a source error is logged and counted, and the worker polls the source again (each
-//!   backend reconnects on its own);
+//! - a source error is counted (and logged at DEBUG: each backend logs its own failures, with
+//!   their context, once), and the worker polls the source again (each backend reconnects on
+//!   its own);
 //! - when the [`Shutdown`] signal fires it stops intake, lets partial batches flush (the
 //!   [`Bulk`](crate::bulk::Bulk) layer watches the same signal), waits for in-flight work up
 //!   to the grace period, and drops what is still running — dropped batches requeue their
@@ -265,7 +266,9 @@ where
                                 report.source_errors += 1;
                                 metrics.source_error();
                                 let error: BoxError = error.into();
-                                tracing::warn!(route = %route, error = %Chain(&*error), "source error");
+                                // At DEBUG: the source has logged it already, with what it
+                                // knows (endpoint, attempt, delay): one failure, one line.
+                                tracing::debug!(route = %route, error = %Chain(&*error), "source error");
                                 continue;
                             }
                             Poll::Ready(None) => {

@@ -19,8 +19,10 @@ use crate::{BoxError, Message, Shutdown};
 ///
 /// # Contract
 ///
-/// - The stream yields messages and *recoverable* errors: an error item is logged and counted
-///   by the runtime, which then polls again. Reconnecting is the source's job.
+/// - The stream yields messages and *recoverable* errors: an error item is counted by the
+///   runtime (the `_source_errors_total` metric), which then polls again. Reconnecting is the
+///   source's job, and so is logging the failure, once, with what only it knows (the endpoint,
+///   the attempt, the delay before the next): the runtime logs error items at DEBUG only.
 /// - When [`SourceContext::shutdown`] fires, the source stops intake (an AMQP source cancels
 ///   its consumers) and ends the stream. Messages it already handed out stay settleable until
 ///   the runtime has settled them: keep channels open while their settlers live.
