@@ -38,7 +38,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Report> {
+async fn main() -> Result<(), asyncworker::Report> {
     let url = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672");
     let queues: Vec<String> = env_or("QUEUES", "asgard/counts,asgard/counts/errors")
         .split(',')
