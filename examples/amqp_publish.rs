@@ -15,12 +15,11 @@
 
 use std::sync::Arc;
 
+use asyncworker::Report;
 use asyncworker::amqp::lapin::options::QueueDeclareOptions;
 use asyncworker::amqp::lapin::types::FieldTable;
 use asyncworker::amqp::{AmqpConfig, OutgoingMessage, Publisher};
 use serde::Serialize;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The sample body: what the original's examples count.
 #[derive(Serialize)]
@@ -38,7 +37,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), asyncworker::Report> {
+async fn main() -> Result<(), Report> {
     let url = env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672");
     let queues: Vec<String> = env_or("QUEUES", "asgard/counts,asgard/counts/errors")
         .split(',')
