@@ -54,13 +54,21 @@
 //!
 //! # Features
 //!
-//! | feature | what it adds |
-//! |---|---|
-//! | *(always)* | [`prelude`] (what a worker imports); the core: messages and settlement, [`bulk`], [`ack`], [`retry`], [`runtime`], [`App`], [`ticks`], the in-memory source ([`memory`]), [`Settings`] |
-//! | `amqp` | [`amqp`]: RabbitMQ through `lapin` — consume, settle, reconnect, publish with confirms |
-//! | `sse` | [`sse`]: Server-Sent Events through `reqwest` — spec framing, `Last-Event-ID` checkpoints, reconnect with backoff |
-//! | `timeit` | [`timeit`]: `Timeit` scopes and `TimeitLayer`, exported through `metrics` |
-//! | `full` | all of the above |
+//! No feature is on by default: the core alone runs workers on the in-memory source and on
+//! schedules.
+//!
+//! | feature | what it enables | crate |
+//! |---|---|---|
+//! | *(always)* | [`prelude`] (what a worker imports); messages and settlement ([`message`]), [`bulk`], [`ack`], [`retry`], [`runtime`], [`App`], [`ticks`], the in-memory source ([`memory`]), [`Settings`], the worker [`metrics`], [`init_logging`] | `asyncworker-core` (and `tracing-subscriber` for the logs) |
+//! | `amqp` | [`amqp`]: RabbitMQ through `lapin` — consume, settle, reconnect, publish with confirms; TLS (`amqps://`) included; the AMQP types in the [`prelude`] | `asyncworker-amqp` |
+//! | `sse` | [`sse`]: Server-Sent Events through `reqwest` — spec framing, `Last-Event-ID` checkpoints, reconnect with backoff; the SSE types in the [`prelude`] | `asyncworker-sse` |
+//! | `timeit` | [`timeit`]: `Timeit` scopes and `TimeitLayer`, exported through `metrics`; `Timeit` in the [`prelude`] | `asyncworker-timeit` |
+//! | `prometheus` | [`observe`]: a Prometheus `/metrics` endpoint and `/health/live`, `/health/ready` for an [`App`], served with axum | `metrics-exporter-prometheus`, `axum` |
+//! | `full` | all of the above | |
+//!
+//! `https` base URLs for SSE need `asyncworker-sse`'s own `rustls` feature, which the facade
+//! does not forward: add `asyncworker-sse = { version = "0.1", features = ["rustls"] }` next to
+//! `asyncworker` (Cargo turns it on for the re-exported crate too).
 //!
 //! [tower]: https://docs.rs/tower
 

@@ -55,22 +55,22 @@
 //! use asyncworker_core::{Action, Message, Shutdown, Source, SourceContext};
 //! use futures::StreamExt;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! let config = AmqpConfig::from_url("amqp://guest:guest@127.0.0.1:5672/%2f")?;
-//! let source = AmqpSource::builder(config, ["jobs"]).build()?;
-//! let shutdown = Shutdown::new();
-//! let mut stream = source.into_stream(SourceContext::new("jobs", shutdown.clone()));
-//! while let Some(item) = stream.next().await {
-//!     match item {
-//!         Ok(msg) => {
-//!             println!("{:?}", msg.text());
-//!             let _ = msg.settlement().settle_marked_or(Action::Ack);
+//! async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//!     let config = AmqpConfig::from_url("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+//!     let source = AmqpSource::builder(config, ["jobs"]).build()?;
+//!     let shutdown = Shutdown::new();
+//!     let mut stream = source.into_stream(SourceContext::new("jobs", shutdown.clone()));
+//!     while let Some(item) = stream.next().await {
+//!         match item {
+//!             Ok(msg) => {
+//!                 println!("{:?}", msg.text());
+//!                 let _ = msg.settlement().settle_marked_or(Action::Ack);
+//!             }
+//!             Err(error) => eprintln!("{error}"),
 //!         }
-//!         Err(error) => eprintln!("{error}"),
 //!     }
+//!     Ok(())
 //! }
-//! # Ok(())
-//! # }
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -122,3 +122,8 @@ mod tests {
         send::<AmqpStream>();
     }
 }
+
+/// The README's example (the crate docs' example above), compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

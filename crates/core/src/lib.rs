@@ -1,7 +1,46 @@
 //! The core of asyncworker: the message and settlement model, the tower layers that give a
 //! worker its behaviour, and the runtime that drives sources through them.
 //!
-//! See the facade crate `asyncworker` for an overview.
+//! Most programs depend on the facade crate `asyncworker`, which re-exports this crate with
+//! the backends behind features; depend on `asyncworker-core` directly to write a backend
+//! or to use the layers without one.
+//!
+//! - [`Message`] and [`Settlement`]: what every backend's message implements, and the
+//!   exactly-once settlement slot a handler marks ([module `message`](message)).
+//! - The layers: [`bulk::Bulk`] (batches), [`ack::Ack`] (settles by policy),
+//!   [`retry::Retry`] (backoff and jitter), stacked with [`ServiceBuilderExt`] or tower's
+//!   `ServiceBuilder::layer`.
+//! - [`runtime::Worker`]: drives one [`Source`] through one stack; [`App`]: routes, hooks,
+//!   schedules ([`ticks`]), signals and a graceful drain, configured by [`Settings`].
+//! - [`memory::MemoryQueue`]: an in-memory source for testing handlers without a broker.
+//!
+//! # Example
+//!
+//! ```
+//! use asyncworker_core::{App, BoxError, Message};
+//! use asyncworker_core::memory::{MemoryMessage, MemoryQueue};
+//!
+//! async fn drain_handler(messages: Vec<MemoryMessage>) -> Result<(), BoxError> {
+//!     for message in &messages {
+//!         if message.json::<serde_json::Value>().is_err() {
+//!             message.reject(); // not JSON: drop it instead of requeueing it forever
+//!         }
+//!     }
+//!     Ok(()) // unmarked messages are acked; an error would requeue them
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), BoxError> {
+//!     let queue = MemoryQueue::new();
+//!     queue.push_json(&serde_json::json!({"count": 1}))?;
+//!     queue.close(); // the route ends once the queue is drained
+//!
+//!     let mut app = App::new();
+//!     app.route("counts", queue.source(), drain_handler).bulk_size(100);
+//!     app.run().await?;
+//!     Ok(())
+//! }
+//! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -63,3 +102,8 @@ impl Error {
         Error::Config(message.into())
     }
 }
+
+/// The README's example (the crate docs' example above), compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -19,6 +19,30 @@
 //! A message that is dropped without ever being settled — its batch was cancelled, its
 //! handler panicked outside an `Ack` layer, a stack forgot to settle — is requeued when the
 //! last clone goes away. Nothing is leaked unsettled.
+//!
+//! ```
+//! use asyncworker_core::{Action, Message, memory::MemoryQueue};
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let queue = MemoryQueue::new();
+//! let id = queue.push_bytes("not json");
+//! queue.close();
+//!
+//! let message = queue.source().next().await.unwrap().unwrap();
+//! let copy = message.clone(); // shares the payload and the settlement slot
+//! copy.requeue();
+//! copy.reject(); // marks only record an intent; the last one wins
+//! assert_eq!(message.settlement().marked(), Some(Action::Reject));
+//!
+//! // What the Ack layer does once the batch is done: the mark, else the policy.
+//! let settled = message.settlement().settle_marked_or(Action::Ack).unwrap();
+//! assert_eq!(settled, Action::Reject);
+//! assert!(message.settlement().is_settled());
+//! assert_eq!(queue.settlement(id), Some(Action::Reject));
+//! # }
+//! ```
 
 use std::fmt;
 use std::sync::Arc;

@@ -15,6 +15,52 @@
 //!
 //! The layers do not depend on [`RouteMetrics`]: they report through the [`LayerMetrics`]
 //! hook, which `RouteMetrics` implements (the App gives each route's layers its handles).
+//!
+//! ```
+//! use asyncworker_core::metrics::{DEFAULT_NAMESPACE, RouteMetrics};
+//! use asyncworker_core::{BoxError, Shutdown, ack::AckLayer, bulk::BulkLayer, runtime::Worker};
+//! use asyncworker_core::memory::{MemoryMessage, MemoryQueue};
+//! use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+//! use tower::{ServiceBuilder, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let recorder = DebuggingRecorder::new();
+//! let snapshotter = recorder.snapshotter();
+//! // Resolve the handles with the recorder in place (here a local one, for the example).
+//! let route = metrics::with_local_recorder(&recorder, || {
+//!     RouteMetrics::new(DEFAULT_NAMESPACE, "drain")
+//! });
+//!
+//! let queue = MemoryQueue::new();
+//! queue.push_bytes("one");
+//! queue.close();
+//! let shutdown = Shutdown::new(); // fired by the worker when the source ends
+//! let bulk = BulkLayer::new(10)?.with_shutdown(shutdown.clone());
+//! let stack = ServiceBuilder::new()
+//!     .layer(bulk.metrics(route.clone()))
+//!     .layer(AckLayer::new().metrics(route.clone()))
+//!     .service(service_fn(|_batch: Vec<MemoryMessage>| async { Ok::<_, BoxError>(()) }));
+//! Worker::new(queue.source(), stack)
+//!     .with_shutdown(shutdown)
+//!     .metrics(route)
+//!     .run()
+//!     .await?;
+//!
+//! let settled: u64 = snapshotter
+//!     .snapshot()
+//!     .into_vec()
+//!     .into_iter()
+//!     .filter(|(key, ..)| key.key().name() == "asyncworker_messages_settled_total")
+//!     .map(|(.., value)| match value {
+//!         DebugValue::Counter(n) => n,
+//!         _ => 0,
+//!     })
+//!     .sum();
+//! assert_eq!(settled, 1);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::sync::Arc;

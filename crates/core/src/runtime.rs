@@ -19,6 +19,40 @@
 //!   what is left of the grace period; when work was abandoned, up to one second more (at
 //!   most the grace period), so the acks of work that finished just before the deadline and
 //!   the requeues of the abandoned work still reach the broker.
+//!
+//! ```
+//! use asyncworker_core::{Action, BoxError, Shutdown, ack::AckLayer, bulk::BulkLayer};
+//! use asyncworker_core::runtime::Worker;
+//! use asyncworker_core::memory::{MemoryMessage, MemoryQueue};
+//! use tower::{ServiceBuilder, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let queue = MemoryQueue::new();
+//! let first = queue.push_bytes("one");
+//! queue.push_bytes("two");
+//! queue.close(); // the source ends once it is drained, and so does the worker
+//!
+//! // One signal for the worker and the Bulk layer: the worker fires it when the source
+//! // ends, and the partial batch flushes instead of waiting for its flush interval.
+//! let shutdown = Shutdown::new();
+//! let stack = ServiceBuilder::new()
+//!     .layer(BulkLayer::new(10)?.with_shutdown(shutdown.clone()))
+//!     .layer(AckLayer::new())
+//!     .service(service_fn(|batch: Vec<MemoryMessage>| async move {
+//!         println!("{} messages", batch.len());
+//!         Ok::<_, BoxError>(())
+//!     }));
+//! let report = Worker::new(queue.source(), stack)
+//!     .name("drain")
+//!     .with_shutdown(shutdown)
+//!     .run()
+//!     .await?;
+//! assert_eq!(report.received, 2);
+//! assert_eq!(queue.settlement(first), Some(Action::Ack));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::{Future, poll_fn};

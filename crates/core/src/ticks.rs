@@ -5,6 +5,27 @@
 //! limit is reached is skipped, not queued, so a slow task never builds a backlog. A tick is
 //! finished when it is settled, which the [`Ack`](crate::ack::Ack) layer does after the task
 //! returns.
+//!
+//! ```
+//! use std::time::Duration;
+//! use asyncworker_core::{Action, Message, Shutdown, Source, SourceContext, ticks::Ticks};
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), asyncworker_core::Error> {
+//! let shutdown = Shutdown::new();
+//! let cx = SourceContext::new("cleanup", shutdown.clone());
+//! let mut ticks = Ticks::every(Duration::from_secs(60))?.into_stream(cx);
+//! for _ in 0..3 {
+//!     let tick = ticks.next().await.unwrap().unwrap();
+//!     println!("tick {}", tick.number());
+//!     tick.settlement().settle(Action::Ack).unwrap(); // finished: the next one may run
+//! }
+//! shutdown.trigger();
+//! assert!(ticks.next().await.is_none()); // the schedule ends with the shutdown
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::pin::Pin;

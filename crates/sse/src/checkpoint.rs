@@ -7,6 +7,25 @@
 //! restarted worker resumes where the last one stopped.
 //!
 //! Keys are `"<route> <path>"`: two routes reading the same path keep their own checkpoint.
+//!
+//! ```
+//! use asyncworker_core::BoxError;
+//! use asyncworker_sse::{CheckpointStore, FileCheckpoints, SseConfig, SseSource};
+//!
+//! # fn main() -> Result<(), BoxError> {
+//! let dir = std::env::temp_dir().join(format!("asyncworker-checkpoints-{}", std::process::id()));
+//! let store = FileCheckpoints::new(&dir);
+//! store.save("events /v2/events", "42")?; // what the source does after a settlement
+//! assert_eq!(store.load("events /v2/events")?.as_deref(), Some("42"));
+//!
+//! // A source resumes from its stored checkpoints (`Last-Event-ID: 42` here).
+//! let config = SseConfig::builder("http://127.0.0.1:8080/").build()?;
+//! let source = SseSource::new(&config, ["/v2/events"])?.checkpoint_store(store);
+//! # drop(source);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;

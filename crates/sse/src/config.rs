@@ -13,6 +13,24 @@
 //! - a path that is a whole URL (`http://...`), or a base with a fragment, is an error;
 //! - user and password in the base URL are moved to basic auth, never kept in the URL (so
 //!   no URL in a log carries them).
+//!
+//! ```
+//! use std::time::Duration;
+//! use asyncworker_sse::SseConfig;
+//!
+//! # fn main() -> Result<(), asyncworker_core::BoxError> {
+//! let config = SseConfig::builder("http://worker:secret@127.0.0.1:8080/api?token=t")
+//!     .idle_timeout(Duration::from_secs(30))
+//!     .header("X-Client", "worker-1")
+//!     .build()?;
+//! assert_eq!(config.user(), Some("worker")); // moved to basic auth
+//! assert_eq!(
+//!     config.url("/v2/events?since=1")?.as_str(),
+//!     "http://127.0.0.1:8080/api/v2/events?token=t&since=1"
+//! );
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::time::Duration;

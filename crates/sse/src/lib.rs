@@ -7,21 +7,21 @@
 //! use asyncworker_sse::{SseConfig, SseEvent, SseSource};
 //! use tower::{ServiceBuilder, service_fn};
 //!
-//! # async fn run() -> Result<(), BoxError> {
-//! let config = SseConfig::builder("http://172.18.0.31:8080/").build()?;
-//! let source = SseSource::new(&config, ["/v2/events"])?;
-//! let stack = ServiceBuilder::new()
-//!     .layer(BulkLayer::new(2)?.flush_interval(Duration::from_secs(1)))
-//!     .layer(AckLayer::new())
-//!     .service(service_fn(|events: Vec<SseEvent>| async move {
-//!         for event in &events {
-//!             println!("{} {:?}: {}", event.name(), event.id(), event.data());
-//!         }
-//!         Ok::<_, BoxError>(())
-//!     }));
-//! Worker::new(source, stack).run().await?;
-//! # Ok(())
-//! # }
+//! async fn run() -> Result<(), BoxError> {
+//!     let config = SseConfig::builder("http://172.18.0.31:8080/").build()?;
+//!     let source = SseSource::new(&config, ["/v2/events"])?;
+//!     let stack = ServiceBuilder::new()
+//!         .layer(BulkLayer::new(2)?.flush_interval(Duration::from_secs(1)))
+//!         .layer(AckLayer::new())
+//!         .service(service_fn(|events: Vec<SseEvent>| async move {
+//!             for event in &events {
+//!                 println!("{} {:?}: {}", event.name(), event.id(), event.data());
+//!             }
+//!             Ok::<_, BoxError>(())
+//!         }));
+//!     Worker::new(source, stack).run().await?;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # Framing
@@ -141,3 +141,8 @@ mod tests {
         assert_send::<SseStream>();
     }
 }
+
+/// The README's example (the crate docs' example above), compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
