@@ -108,6 +108,31 @@ pub use asyncworker_timeit as timeit;
 pub mod observe;
 
 /// The README's code blocks, compiled (and run, where they are not `no_run`) as doctests.
-#[cfg(all(doctest, feature = "amqp", feature = "sse", feature = "timeit"))]
+#[cfg(all(
+    doctest,
+    feature = "amqp",
+    feature = "sse",
+    feature = "timeit",
+    feature = "prometheus"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The code blocks of the guides under `docs/`, compiled as the README's are.
+#[cfg(all(
+    doctest,
+    feature = "amqp",
+    feature = "sse",
+    feature = "timeit",
+    feature = "prometheus"
+))]
+#[doc = include_str!("../docs/layers.md")]
+#[doc = include_str!("../docs/migrating-from-python.md")]
+#[doc = include_str!("../docs/observability.md")]
+#[doc = include_str!("../docs/performance.md")]
+#[doc = include_str!("../docs/quorum.md")]
+#[doc = include_str!("../docs/rabbitmq.md")]
+#[doc = include_str!("../docs/reliability.md")]
+#[doc = include_str!("../docs/sse.md")]
+#[doc = include_str!("../docs/timeit.md")]
+pub struct DocsDoctests;
