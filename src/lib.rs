@@ -70,8 +70,8 @@ mod logging;
 pub mod prelude;
 
 pub use asyncworker_core::{
-    Action, App, Backoff, BackoffBuilder, BoxError, Error, Health, Jitter, Message, Readiness,
-    Route, RouteContext, RouteHealth, RouteOptions, ServiceBuilderExt, Settings, Settle,
+    Action, App, Backoff, BackoffBuilder, BoxError, Error, Health, Jitter, LogFormat, Message,
+    Readiness, Route, RouteContext, RouteHealth, RouteOptions, ServiceBuilderExt, Settings, Settle,
     SettleError, Settlement, Shutdown, Source, SourceContext, Variables,
 };
 pub use asyncworker_core::{ack, builder, bulk, memory, message, metrics, retry, runtime, ticks};
