@@ -79,8 +79,8 @@ pub mod prelude;
 mod report;
 
 pub use asyncworker_core::{
-    Action, App, Backoff, BackoffBuilder, BoxError, Error, Health, Jitter, Message, Readiness,
-    Route, RouteContext, RouteHealth, RouteOptions, ServiceBuilderExt, Settings, Settle,
+    Action, App, Backoff, BackoffBuilder, BoxError, Error, Health, Jitter, LogFormat, Message,
+    Readiness, Route, RouteContext, RouteHealth, RouteOptions, ServiceBuilderExt, Settings, Settle,
     SettleError, Settlement, Shutdown, Source, SourceContext, Variables,
 };
 pub use asyncworker_core::{ack, builder, bulk, memory, message, metrics, retry, runtime, ticks};

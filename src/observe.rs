@@ -1,4 +1,5 @@
-//! Prometheus `/metrics` and health endpoints for an [`App`], served with axum.
+//! Prometheus `/metrics`, health endpoints and your own HTTP routes for an [`App`], served
+//! with axum.
 //!
 //! [`Server`] binds an address and answers:
 //!
@@ -7,14 +8,20 @@
 //! | `GET /metrics` | the Prometheus text format ([`PROMETHEUS_CONTENT_TYPE`]), rendered by a [`PrometheusHandle`] |
 //! | `GET /health/live` | `200` while the app is live ([`Health::is_live`]), else `503`; body `{"live":true}` |
 //! | `GET /health/ready` | `200` when the app is ready ([`Health::is_ready`]: startup done, not shutting down, every route consuming), else `503`; body `{"ready":false,"routes":[{"name":"orders","ready":false}]}` |
+//! | any other path | your own axum [`Router`], given with [`Server::routes`] (else `404`) |
+//!
+//! The server's own paths come first: while it serves `/metrics`, `/health/live` and
+//! `/health/ready`, those paths are its own, whatever the method (a `POST /metrics` is `405`),
+//! and a route of yours at one of them is never reached. Every other request goes to your
+//! router, its fallback included — `/health/{probe}` of yours answers `/health/deep`.
 //!
 //! [`Server::attach`] ties the server to an [`App`]: it starts serving in an
 //! [`on_startup`](App::on_startup) hook and stops, gracefully, in an
 //! [`on_shutdown`](App::on_shutdown) hook. So while the app drains on shutdown the endpoints
 //! still answer — `/health/ready` with `503`, `/metrics` with the last counts — and the
-//! server is gone when [`App::run`] returns. For your own lifecycle, await [`Server::serve`]
-//! with a shutdown future instead, or merge [`metrics_router`] and [`health_router`] into an
-//! axum app of your own.
+//! server is gone when [`App::run`] returns — your routes with it. For your own lifecycle,
+//! await [`Server::serve`] with a shutdown future instead, or merge [`metrics_router`] and
+//! [`health_router`] into an axum app of your own.
 //!
 //! Install the Prometheus recorder (for example with
 //! [`PrometheusBuilder::install_recorder`](prometheus::PrometheusBuilder::install_recorder))
@@ -28,9 +35,14 @@
 //! ```no_run
 //! use asyncworker::{App, memory::{MemoryMessage, MemoryQueue}};
 //! use asyncworker::observe::{Server, prometheus::PrometheusBuilder};
+//! use asyncworker::observe::axum::{Router, extract::Path, routing::get};
 //!
 //! async fn handler(_batch: Vec<MemoryMessage>) -> Result<(), std::io::Error> {
 //!     Ok(())
+//! }
+//!
+//! async fn hello(Path(name): Path<String>) -> String {
+//!     format!("hello, {name}")
 //! }
 //!
 //! # #[tokio::main]
@@ -41,7 +53,9 @@
 //! let mut app = App::new();
 //! app.route("orders", queue.source(), handler);
 //!
-//! let server = Server::bind("127.0.0.1:9090")?.metrics(metrics);
+//! let server = Server::bind("127.0.0.1:9090")?
+//!     .metrics(metrics)
+//!     .routes(Router::new().route("/hello/{name}", get(hello)));
 //! println!("scrape http://{}/metrics", server.local_addr());
 //! server.attach(&mut app);
 //! app.run().await?;
@@ -65,6 +79,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::task::JoinHandle;
 
+/// The `axum` crate, re-exported so the [`Router`] you give [`Server::routes`] is of the
+/// version this server serves. It has only the features this crate needs (`tokio`, `http1`):
+/// for extractors such as `Json`, depend on `axum` 0.8 yourself with their features (Cargo
+/// unifies the two).
+pub use axum;
 /// The `metrics-exporter-prometheus` crate, re-exported so its version matches this one's.
 pub use metrics_exporter_prometheus as prometheus;
 pub use metrics_exporter_prometheus::PrometheusHandle;
@@ -137,14 +156,15 @@ fn json(ok: bool, body: &serde_json::Value) -> Response {
         .into_response()
 }
 
-/// An HTTP server for `/metrics` and `/health/*`, bound to an address. See the
-/// [module docs](self).
+/// An HTTP server for `/metrics`, `/health/*` and your own routes, bound to an address. See
+/// the [module docs](self).
 #[must_use = "a Server serves nothing until `attach`ed to an App or `serve`d"]
 pub struct Server {
     listener: std::net::TcpListener,
     addr: SocketAddr,
     metrics: Option<PrometheusHandle>,
     health: Option<Health>,
+    routes: Option<Router>,
 }
 
 impl fmt::Debug for Server {
@@ -153,6 +173,7 @@ impl fmt::Debug for Server {
             .field("addr", &self.addr)
             .field("metrics", &self.metrics.is_some())
             .field("health", &self.health)
+            .field("routes", &self.routes.is_some())
             .finish()
     }
 }
@@ -160,8 +181,9 @@ impl fmt::Debug for Server {
 impl Server {
     /// Bind `addr` now (port `0` picks a free port: read it with [`Server::local_addr`]).
     /// The server answers nothing until it is [attached](Server::attach) or
-    /// [served](Server::serve); with neither [`metrics`](Server::metrics) nor
-    /// [`health`](Server::health) set (and not attached), every path is `404`.
+    /// [served](Server::serve); with none of [`metrics`](Server::metrics),
+    /// [`health`](Server::health) and [`routes`](Server::routes) set (and not attached),
+    /// every path is `404`.
     ///
     /// # Errors
     ///
@@ -175,6 +197,7 @@ impl Server {
             addr,
             metrics: None,
             health: None,
+            routes: None,
         })
     }
 
@@ -196,7 +219,47 @@ impl Server {
         self
     }
 
-    /// The router this server serves.
+    /// Serve your own routes beside the server's: every request whose path is not one the
+    /// server serves itself (`/metrics` with [`metrics`](Server::metrics) set, `/health/live`
+    /// and `/health/ready` with [`health`](Server::health) set or once
+    /// [attached](Server::attach)) goes to `router`, whose fallback, if it has one, answers
+    /// what none of its routes match. The server's paths win whatever the method, so a route
+    /// of yours at one of them is never reached. Give the router its state first
+    /// ([`Router::with_state`]); layers of yours apply to your routes only. When the attached
+    /// server stops, open requests of yours get [`SHUTDOWN_TIMEOUT`] to finish, as the
+    /// server's own do (a long-lived stream is then cut).
+    ///
+    /// Called again, merges `router` into the routes given before ([`Router::merge`]).
+    ///
+    /// ```
+    /// use asyncworker::observe::Server;
+    /// use asyncworker::observe::axum::{Router, extract::Path, routing::get};
+    ///
+    /// async fn order(Path(id): Path<u64>) -> String {
+    ///     format!("order {id}")
+    /// }
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// let server = Server::bind("127.0.0.1:0")?
+    ///     .routes(Router::new().route("/orders/{id}", get(order)));
+    /// # drop(server);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Router::merge`], when called again with a router that routes a method and path
+    /// the routes given before already route, or that has a fallback too.
+    pub fn routes(mut self, router: Router) -> Self {
+        self.routes = Some(match self.routes.take() {
+            Some(given) => given.merge(router),
+            None => router,
+        });
+        self
+    }
+
+    /// The router this server serves: its own endpoints, then your [routes](Server::routes).
     pub fn router(&self) -> Router {
         let mut router = Router::new();
         if let Some(handle) = &self.metrics {
@@ -204,6 +267,11 @@ impl Server {
         }
         if let Some(health) = &self.health {
             router = router.merge(health_router(health.clone()));
+        }
+        // The user's router as the fallback, not merged: a path of theirs equal to one of
+        // ours cannot make `merge` panic, ours simply wins; theirs gets everything else.
+        if let Some(routes) = &self.routes {
+            router = router.fallback_service(routes.clone());
         }
         router
     }
@@ -220,7 +288,8 @@ impl Server {
         self.start_with(shutdown)?.await
     }
 
-    /// Serve in the app's lifetime: start in an [`on_startup`](App::on_startup) hook (in
+    /// Serve in the app's lifetime — the endpoints and your [routes](Server::routes): start
+    /// in an [`on_startup`](App::on_startup) hook (in
     /// registration order: attach first to answer health checks during later hooks), stop
     /// gracefully in an [`on_shutdown`](App::on_shutdown) hook, after the routes have
     /// drained. Uses [`App::health`] unless [`Server::health`] was set.
@@ -238,9 +307,10 @@ impl Server {
             let (stop, task) = (stop.clone(), task.clone());
             app.on_startup(move || async move {
                 let addr = self.addr;
+                let (metrics, routes) = (self.metrics.is_some(), self.routes.is_some());
                 let running = self.start_with(stop.triggered())?;
                 *lock(&task) = Some(tokio::spawn(running));
-                tracing::info!(%addr, "serving /metrics and /health");
+                tracing::info!(%addr, metrics, health = true, routes, "serving HTTP");
                 Ok::<(), io::Error>(())
             });
         }
@@ -256,7 +326,7 @@ impl Server {
                     running.abort();
                     Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "metrics and health server did not stop in time; aborted",
+                        "the HTTP server (metrics, health, routes) did not stop in time; aborted",
                     ))
                 }
             }

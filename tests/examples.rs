@@ -166,6 +166,33 @@ fn prometheus_serves_metrics_and_health_then_stops_on_sigterm() {
 }
 
 #[test]
+fn http_routes_serves_the_users_routes_beside_metrics_then_stops_by_itself() {
+    let mut worker = start("http_routes", &[("HTTP_PORT", "0"), ("RUN_SECS", "3")]);
+    let line = worker.wait_for("metrics:     http://");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split("/metrics").next())
+        .expect("the address is logged")
+        .to_owned();
+    let (status, body) = get(&addr, "/ticks");
+    assert!(status.contains(" 200"), "{body}");
+    assert!(
+        body.contains('{') || body.contains('['),
+        "a JSON answer: {body}"
+    );
+    let (status, body) = get(&addr, "/metrics");
+    assert!(status.contains(" 200"), "{body}");
+    let (status, lines) = worker.finish();
+    assert!(status.success(), "exit {status}:\n{}", lines.join("\n"));
+    assert!(
+        has(&lines, "ran long enough; shutting down"),
+        "{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
 fn timeit_scope_reports_the_one_transaction() {
     let lines = run_to_exit("timeit_scope", &[]);
     assert!(

@@ -10,14 +10,21 @@
 //! prints as a list of decimal bytes (`LongString([0, 97, 119, ...])`), not as text. So the
 //! search looks for both spellings, and the last run (the frame target named in `RUST_LOG`,
 //! which lifts the cap on purpose) shows the search does find the login frame.
+//!
+//! The format of the output is checked the same way, with a second child (the
+//! `child_logs_a_batch` test, which does nothing unless [`BATCH_CHILD`] is set) that runs an
+//! app over an in-memory queue and logs inside a batch: no ANSI escapes when its output is a
+//! pipe or `NO_COLOR` is set, colours on a terminal (a pseudo-terminal from util-linux's
+//! `script`), one JSON object per line with `ASYNCWORKER_LOG_FORMAT=json`.
 
 #![cfg(unix)]
 
 use std::hash::{BuildHasher, Hasher};
 use std::process::{Command, Stdio};
 
-use asyncworker::Settings;
 use asyncworker::amqp::{AmqpConfig, OutgoingMessage, Publisher};
+use asyncworker::memory::{MemoryMessage, MemoryQueue};
+use asyncworker::{App, Settings};
 
 /// Set (to the broker URL with the child's credentials) in the child process only.
 const CHILD: &str = "ASYNCWORKER_TEST_LOGGING_CHILD";
@@ -198,4 +205,216 @@ fn init_logging_keeps_the_password_and_returned_bodies_out_at_every_level() {
         shows(&output, &user.password),
         "the frame target named in RUST_LOG prints the login frame:\n{output}"
     );
+}
+
+/// Set in the batch-logging child only.
+const BATCH_CHILD: &str = "ASYNCWORKER_TEST_LOGGING_BATCH_CHILD";
+/// Printed by the batch-logging child before its first log line and after its last one.
+const BEGIN: &str = "logging child: begin";
+const END: &str = "logging child: end";
+/// The message the batch-logging child's handler logs, inside the `batch` span.
+const HANDLED: &str = "handled the batch";
+
+/// What the second child does: an app that logs, once outside any span and once inside a
+/// batch of the route `orders` (two messages), with the facade's `init_logging`.
+#[test]
+fn child_logs_a_batch() {
+    if std::env::var_os(BATCH_CHILD).is_none() {
+        return; // not the child
+    }
+    println!("{BEGIN}");
+    let queue = MemoryQueue::new();
+    queue.push_bytes("first");
+    queue.push_bytes("second");
+    queue.close(); // the app stops once both are handled
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let mut app = App::new();
+        asyncworker::init_logging(app.settings().expect("valid settings"));
+        app.handle_signals(false);
+        tracing::warn!(pushed = queue.len(), "a warning outside any batch");
+        app.route(
+            "orders",
+            queue.source(),
+            |batch: Vec<MemoryMessage>| async move {
+                tracing::info!(messages = batch.len(), "{HANDLED}");
+                Ok::<(), std::io::Error>(())
+            },
+        )
+        .bulk_size(2);
+        app.run().await.expect("the app runs");
+    });
+    println!("{END}");
+}
+
+/// Runs the batch-logging child with `env` (and `NO_COLOR`, `RUST_LOG` and the settings
+/// variables unset unless `env` sets them), through `script` on a pseudo-terminal when
+/// `terminal`, and returns its standard output and standard error.
+fn run_batch_child(env: &[(&str, &str)], terminal: bool) -> (String, String) {
+    let exe = std::env::current_exe().expect("the test binary");
+    let args = [
+        "--exact",
+        "child_logs_a_batch",
+        "--nocapture",
+        "--test-threads=1",
+        "--color=never", // the harness's own `ok` stays plain on a terminal
+    ];
+    let mut command = if terminal {
+        let line = std::iter::once(exe.to_str().expect("a UTF-8 path"))
+            .chain(args)
+            .map(|word| format!("'{}'", word.replace('\'', r"'\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = Command::new("script");
+        // Quiet, the child's exit status, flushed output, the typescript thrown away.
+        script.args(["-q", "-e", "-f", "-c", &line, "/dev/null"]);
+        script
+    } else {
+        let mut child = Command::new(exe);
+        child.args(args);
+        child
+    };
+    command
+        .env(BATCH_CHILD, "1")
+        .env_remove(CHILD)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .env_remove("ASYNCWORKER_LOGLEVEL")
+        .env_remove("ASYNCWORKER_LOG_FORMAT")
+        .stdin(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap_or_else(|e| {
+        panic!("the child runs (terminal: {terminal}; `script` is util-linux's): {e}")
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success() && stdout.contains(END),
+        "the child failed ({}) with {env:?}, terminal: {terminal}:\n{stdout}\n{stderr}",
+        output.status
+    );
+    (stdout, stderr)
+}
+
+/// The lines the child logged: between its [`BEGIN`] and [`END`] lines.
+fn logged(stdout: &str) -> Vec<&str> {
+    let after = stdout
+        .split_once(BEGIN)
+        .map(|(_, after)| after)
+        .unwrap_or_else(|| panic!("no begin line in:\n{stdout}"));
+    let between = after
+        .split_once(END)
+        .map(|(between, _)| between)
+        .unwrap_or_else(|| panic!("no end line in:\n{stdout}"));
+    between
+        .lines()
+        .map(|line| line.trim_end_matches('\r')) // a terminal ends lines with \r\n
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+const ESCAPE: &str = "\x1b[";
+
+#[test]
+fn text_logs_to_a_pipe_carry_no_ansi_escapes() {
+    if std::env::var_os(CHILD).is_some() || std::env::var_os(BATCH_CHILD).is_some() {
+        return;
+    }
+    let (stdout, stderr) = run_batch_child(&[], false);
+    let lines = logged(&stdout);
+    assert!(
+        lines.iter().any(|l| l.contains(HANDLED)) && lines.iter().any(|l| l.contains("WARN")),
+        "the child logged, as text:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains(ESCAPE) && !stderr.contains(ESCAPE),
+        "ANSI escapes in piped output:\n{stdout:?}\n{stderr:?}"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn text_logs_to_a_terminal_are_coloured_unless_no_color_is_set() {
+    if std::env::var_os(CHILD).is_some() || std::env::var_os(BATCH_CHILD).is_some() {
+        return;
+    }
+    // On a terminal: colours (so the search below does find escapes where there are some).
+    let (coloured, _) = run_batch_child(&[], true);
+    assert!(
+        logged(&coloured).iter().any(|l| l.contains(HANDLED)),
+        "{coloured}"
+    );
+    assert!(
+        coloured.contains(ESCAPE),
+        "no colours on a terminal:\n{coloured:?}"
+    );
+    // An empty NO_COLOR does not count (https://no-color.org).
+    let (empty, _) = run_batch_child(&[("NO_COLOR", "")], true);
+    assert!(
+        empty.contains(ESCAPE),
+        "no colours with an empty NO_COLOR:\n{empty:?}"
+    );
+    for no_color in ["1", "true", "0"] {
+        let (plain, _) = run_batch_child(&[("NO_COLOR", no_color)], true);
+        assert!(
+            logged(&plain).iter().any(|l| l.contains(HANDLED)),
+            "{plain}"
+        );
+        assert!(
+            !plain.contains(ESCAPE),
+            "ANSI escapes with NO_COLOR={no_color:?}:\n{plain:?}"
+        );
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_batch_span_and_its_fields() {
+    if std::env::var_os(CHILD).is_some() || std::env::var_os(BATCH_CHILD).is_some() {
+        return;
+    }
+    let (stdout, stderr) = run_batch_child(&[("ASYNCWORKER_LOG_FORMAT", "json")], false);
+    let lines = logged(&stdout);
+    let objects: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\nin:\n{stdout}"));
+            assert!(value.is_object(), "not an object: {line}");
+            value
+        })
+        .collect();
+    assert!(
+        !stdout.contains(ESCAPE) && !stderr.contains(ESCAPE),
+        "{stdout:?}"
+    );
+
+    let warning = objects
+        .iter()
+        .find(|o| o["level"] == "WARN")
+        .unwrap_or_else(|| panic!("no warning in:\n{stdout}"));
+    assert_eq!(warning["fields"]["message"], "a warning outside any batch");
+    assert_eq!(warning["fields"]["pushed"], 2);
+
+    let handled = objects
+        .iter()
+        .find(|o| o["fields"]["message"] == HANDLED)
+        .unwrap_or_else(|| panic!("no line from the handler in:\n{stdout}"));
+    assert_eq!(handled["level"], "INFO", "{handled}");
+    assert_eq!(handled["fields"]["messages"], 2, "{handled}");
+    // The current span: the batch, with its route, size and flush reason.
+    let span = &handled["span"];
+    assert_eq!(span["name"], "batch", "{handled}");
+    assert_eq!(span["route"], "orders", "{handled}");
+    assert_eq!(span["size"], 2, "{handled}");
+    assert_eq!(span["flush_reason"], "size", "{handled}");
+    // The list of spans, outermost first, ends with the batch.
+    let spans = handled["spans"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no span list: {handled}"));
+    assert_eq!(spans.last(), Some(span), "{handled}");
 }

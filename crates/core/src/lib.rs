@@ -65,7 +65,7 @@ pub use app::{App, Health, Route, RouteContext, RouteHealth, RouteOptions};
 pub use backoff::{Backoff, BackoffBuilder, FailureStreak, Jitter};
 pub use builder::ServiceBuilderExt;
 pub use message::{Action, Message, NoopSettle, Settle, SettleError, Settlement};
-pub use settings::{Settings, Variables};
+pub use settings::{LogFormat, Settings, Variables};
 pub use shutdown::Shutdown;
 pub use source::{Readiness, Source, SourceContext};
 

@@ -11,6 +11,7 @@ use crate::Error;
 /// | variable | default | effect |
 /// |---|---|---|
 /// | `ASYNCWORKER_LOGLEVEL` | `info` | the log level (the facade's `init_logging` installs it): `trace`, `debug`, `info`, `warn`/`warning`, `error`/`critical` (any case) |
+/// | `ASYNCWORKER_LOG_FORMAT` | `text` | the log format `init_logging` installs ([`LogFormat`]): `text` (human-readable lines) or `json` (one JSON object per line), any case |
 /// | `ASYNCWORKER_FLUSH_TIMEOUT` | `60` | flush interval (seconds, fractions allowed) of routes that set none |
 /// | `ASYNCWORKER_METRICS_NAMESPACE` | `asyncworker` | metric-name prefix |
 /// | `ASYNCWORKER_METRICS_APPPREFIX` | unset | appended to the prefix: `{namespace}_{appprefix}_...` |
@@ -29,6 +30,8 @@ use crate::Error;
 pub struct Settings {
     /// The log level (`ASYNCWORKER_LOGLEVEL`).
     pub log_level: tracing::Level,
+    /// The log format (`ASYNCWORKER_LOG_FORMAT`).
+    pub log_format: LogFormat,
     /// Default flush interval of routes (`ASYNCWORKER_FLUSH_TIMEOUT`).
     pub flush_interval: Duration,
     /// Metric-name namespace.
@@ -41,6 +44,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             log_level: tracing::Level::INFO,
+            log_format: LogFormat::Text,
             flush_interval: crate::bulk::DEFAULT_FLUSH_INTERVAL,
             metrics_namespace: crate::metrics::DEFAULT_NAMESPACE.to_owned(),
             metrics_app_prefix: None,
@@ -85,6 +89,11 @@ impl Settings {
         )? {
             settings.log_level = level;
         }
+        if let Some(format) =
+            vars.parse("ASYNCWORKER_LOG_FORMAT", "text or json", LogFormat::parse)?
+        {
+            settings.log_format = format;
+        }
         if let Some(interval) = vars.parse(
             "ASYNCWORKER_FLUSH_TIMEOUT",
             "seconds, e.g. 60 or 0.5",
@@ -112,6 +121,42 @@ impl Settings {
             Some(app) => format!("{}_{}", self.metrics_namespace, app),
             None => self.metrics_namespace.clone(),
         }
+    }
+}
+
+/// How the facade's `init_logging` formats log lines (`ASYNCWORKER_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, spans with their fields, message (`text`, the
+    /// default).
+    #[default]
+    Text,
+    /// One JSON object per line, with the event's fields, the current span and the list of
+    /// spans it is in, each with its fields (`json`): for files and log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// The name `ASYNCWORKER_LOG_FORMAT` takes for this format: `text` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+
+    /// The format named `value` (`text` or `json`, any case), `None` for any other name.
+    fn parse(value: &str) -> Option<LogFormat> {
+        [LogFormat::Text, LogFormat::Json]
+            .into_iter()
+            .find(|format| value.eq_ignore_ascii_case(format.as_str()))
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -236,12 +281,14 @@ mod tests {
     fn every_variable_takes_effect() {
         let s = Settings::from_lookup(lookup(&[
             ("ASYNCWORKER_LOGLEVEL", "WARNING"),
+            ("ASYNCWORKER_LOG_FORMAT", "json"),
             ("ASYNCWORKER_FLUSH_TIMEOUT", "0.5"),
             ("ASYNCWORKER_METRICS_NAMESPACE", "acme"),
             ("ASYNCWORKER_METRICS_APPPREFIX", "billing"),
         ]))
         .unwrap();
         assert_eq!(s.log_level, tracing::Level::WARN);
+        assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.flush_interval, Duration::from_millis(500));
         assert_eq!(s.metrics_prefix(), "acme_billing");
     }
@@ -254,6 +301,7 @@ mod tests {
 
         for name in [
             "ASYNCWORKER_LOGLEVEL",
+            "ASYNCWORKER_LOG_FORMAT",
             "ASYNCWORKER_FLUSH_TIMEOUT",
             "ASYNCWORKER_METRICS_NAMESPACE",
             "ASYNCWORKER_METRICS_APPPREFIX",
@@ -280,11 +328,42 @@ mod tests {
     fn malformed_value_is_an_error_naming_the_variable() {
         for (name, value) in [
             ("ASYNCWORKER_LOGLEVEL", "loud"),
+            ("ASYNCWORKER_LOG_FORMAT", "xml"),
             ("ASYNCWORKER_FLUSH_TIMEOUT", "NaN"),
             ("ASYNCWORKER_METRICS_NAMESPACE", "my-app"),
         ] {
             let err = Settings::from_lookup(lookup(&[(name, value)])).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn log_format_is_text_unless_set_and_reads_its_names_in_any_case() {
+        assert_eq!(Settings::default().log_format, LogFormat::Text);
+        for (value, format) in [
+            ("text", LogFormat::Text),
+            ("TEXT", LogFormat::Text),
+            ("json", LogFormat::Json),
+            (" Json ", LogFormat::Json),
+            ("", LogFormat::Text), // blank counts as unset
+        ] {
+            let s = Settings::from_lookup(lookup(&[("ASYNCWORKER_LOG_FORMAT", value)])).unwrap();
+            assert_eq!(s.log_format, format, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_log_format_is_an_error_naming_the_variable_the_value_and_the_choices() {
+        for value in ["xml", "jsonl", "logfmt"] {
+            let err =
+                Settings::from_lookup(lookup(&[("ASYNCWORKER_LOG_FORMAT", value)])).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid configuration: ASYNCWORKER_LOG_FORMAT={value:?} is not valid: expected text or json"
+                )
+            );
         }
     }
 }
