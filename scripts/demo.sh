@@ -22,7 +22,12 @@ export MESSAGES="${MESSAGES:-25}"
 export ASYNCWORKER_FLUSH_TIMEOUT="${ASYNCWORKER_FLUSH_TIMEOUT:-1}"
 export ASYNCWORKER_LOGLEVEL="${ASYNCWORKER_LOGLEVEL:-info}"
 
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# Bold step headers on a terminal only, and never with NO_COLOR set (as the worker's logs).
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+    say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+else
+    say() { printf '\n==> %s\n' "$*"; }
+fi
 
 hostport=$(python3 - "$AMQP_URL" <<'PY'
 import sys, urllib.parse
