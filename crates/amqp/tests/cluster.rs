@@ -319,19 +319,27 @@ async fn consumption_resumes_after_the_quorum_leader_is_stopped() {
     let _turn = TURN.lock().await;
     let cluster = Cluster::from_env();
     let started = Instant::now();
-    let queue = declare_quorum(&cluster, 0, "cluster-leader-stop").await;
+    // Through node 2: `Cluster::leader` asks node 1 first, which stays up.
+    let queue = declare_quorum(&cluster, 1, "cluster-leader-stop").await;
+    let looking = Instant::now();
     let leader = cluster.leader(&queue).await;
+    let lookup = looking.elapsed();
     let other = (leader + 1) % 3;
     let want = publish(&cluster, other, &queue, 3000).await;
     let published = started.elapsed();
+    let building = Instant::now();
     let binary = worker_binary().await;
+    let build = building.elapsed();
 
     // The worker is on another node than the leader, and stays there.
     let mut fleet = Fleet::start(&binary, &queue, &[endpoints_from(&cluster, other)], &PACED);
+    let waiting = Instant::now();
     fleet
         .until("300 messages handled", |f| f.distinct() >= 300)
         .await;
+    let first = waiting.elapsed();
     let restart = cluster.restart_on_panic(leader);
+    let stopping = Instant::now();
     let fault = tokio::spawn({
         let cluster = cluster.clone();
         async move { cluster.stop_node(leader).await }
@@ -342,10 +350,13 @@ async fn consumption_resumes_after_the_quorum_leader_is_stopped() {
     fault.await.expect("stop the leader's node");
     let at_stop = fleet.distinct();
     let stopped = Instant::now();
+    let stop = stopped - stopping;
     let new_leader = cluster.leader(&queue).await;
     fleet.until_all(&want).await;
     let drained = stopped.elapsed();
+    let terminating = Instant::now();
     let (runs, ports) = fleet.stop().await;
+    let term = terminating.elapsed();
     let restarting = Instant::now();
     cluster.start_node(leader).await;
     let restarted = restarting.elapsed();
@@ -358,7 +369,9 @@ async fn consumption_resumes_after_the_quorum_leader_is_stopped() {
     let tally = Tally::of(&want, &runs);
     println!(
         "cluster=quorum-leader-stopped {} elapsed={:?} (publish {published:?}, drain after \
-         the stop {drained:?}, node restart {restarted:?}; leader node {} -> {}, handled \
+         the stop {drained:?}, example build {build:?}, first 300 {first:?}, worker exit {term:?}, \
+         leader lookup {lookup:?}, graceful stop {stop:?}, node restart \
+         {restarted:?}; leader node {} -> {}, handled \
          before the stop: {at_stop})",
         tally.line(),
         started.elapsed(),
