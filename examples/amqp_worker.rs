@@ -18,6 +18,15 @@
 //! | `ASYNCWORKER_FLUSH_TIMEOUT` | `60` — seconds a partial batch waits |
 //! | `ASYNCWORKER_LOGLEVEL` | `info` |
 //!
+//! The worker never declares its queues, so it consumes a queue someone else declared with
+//! whatever arguments they chose — a quorum queue (`x-queue-type: quorum`) included — with no
+//! 406 from a differing redeclare. Each (re)connection logs a `connected` line with the
+//! host and port of the node it reached. Against the local three-node cluster
+//! (`scripts/rabbitmq-cluster.sh start`), list the three nodes; it connects to the first that
+//! answers and, when that node goes, to the next (rotate the list to spread workers):
+//! `AMQP_URL=amqp://guest:guest@127.0.0.1:5701/%2f,amqp://guest:guest@127.0.0.1:5702/%2f,amqp://guest:guest@127.0.0.1:5703/%2f`.
+//! `crates/amqp/tests/cluster.rs` runs it so while nodes are killed and stopped.
+//!
 //! `scripts/demo.sh` starts a local broker, publishes sample messages and runs this worker on
 //! them. SIGTERM or Ctrl-C shuts it down gracefully: intake stops, the partial batch is
 //! flushed, in-flight batches finish (or are requeued after the grace period).

@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use asyncworker::amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions}
 use asyncworker::amqp::lapin::types::FieldTable;
 use asyncworker::amqp::lapin::{Channel, Connection};
 use asyncworker::amqp::{AmqpConfig, OutgoingMessage, Publisher};
+use support::runs::{Tally, handled};
 use support::{DEADLINE, Worker};
 
 fn broker_url() -> String {
@@ -124,15 +125,6 @@ impl TestQueue {
     }
 }
 
-/// The ids of the messages the worker's handler logged in `lines`.
-fn handled(lines: &[String]) -> Vec<String> {
-    lines
-        .iter()
-        .filter(|l| l.contains("amqp_worker: message"))
-        .filter_map(|l| Some(l.split("id=\"").nth(1)?.split('"').next()?.to_owned()))
-        .collect()
-}
-
 /// The example, built once for every test of this binary.
 async fn worker_binary() -> PathBuf {
     static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -199,21 +191,9 @@ fn drain_with(
 
 /// `published`, `handled` (distinct), `lost`, `duplicates` of the runs' handled ids.
 fn summary(fault: &str, want: &HashSet<String>, runs: &[Vec<String>]) -> (usize, usize) {
-    let mut times: HashMap<&str, usize> = HashMap::new();
-    for id in runs.iter().flatten() {
-        *times.entry(id.as_str()).or_default() += 1;
-    }
-    let handled = want
-        .iter()
-        .filter(|id| times.contains_key(id.as_str()))
-        .count();
-    let duplicates: usize = times.values().map(|n| n - 1).sum();
-    let lost = want.len() - handled;
-    println!(
-        "fault={fault} published={} handled={handled} lost={lost} duplicates={duplicates}",
-        want.len()
-    );
-    (lost, duplicates)
+    let tally = Tally::of(want, runs);
+    println!("fault={fault} {}", tally.line());
+    (tally.lost, tally.duplicates)
 }
 
 /// SIGKILL while a batch is being handled: nothing of it was acked, so the broker redelivers
