@@ -130,17 +130,22 @@ fn get(addr: &str, path: &str) -> (String, String) {
     (status, response)
 }
 
+/// The `host:port` of the server an example logs on its line starting with `needle`
+/// (`… http://host:port/metrics`).
+fn metrics_addr(worker: &mut Worker, needle: &str) -> String {
+    let line = worker.wait_for(needle);
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split("/metrics").next())
+        .expect("the address is logged")
+        .to_owned()
+}
+
 #[test]
 fn prometheus_serves_metrics_and_health_then_stops_on_sigterm() {
     // Port 0: a free port, which the example logs.
     let mut worker = start("prometheus", &[("METRICS_PORT", "0")]);
-    let line = worker.wait_for("metrics:   http://");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split("/metrics").next())
-        .expect("the address is logged")
-        .to_owned();
+    let addr = metrics_addr(&mut worker, "metrics:   http://");
 
     let (status, body) = get(&addr, "/health/live");
     assert!(status.contains(" 200"), "{body}");
@@ -168,13 +173,7 @@ fn prometheus_serves_metrics_and_health_then_stops_on_sigterm() {
 #[test]
 fn http_routes_serves_the_users_routes_beside_metrics_then_stops_by_itself() {
     let mut worker = start("http_routes", &[("HTTP_PORT", "0"), ("RUN_SECS", "3")]);
-    let line = worker.wait_for("metrics:     http://");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split("/metrics").next())
-        .expect("the address is logged")
-        .to_owned();
+    let addr = metrics_addr(&mut worker, "metrics:     http://");
     let (status, body) = get(&addr, "/ticks");
     assert!(status.contains(" 200"), "{body}");
     assert!(
