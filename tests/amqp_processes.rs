@@ -13,7 +13,7 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use asyncworker::amqp::lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
@@ -125,18 +125,6 @@ impl TestQueue {
     }
 }
 
-/// The example, built once for every test of this binary.
-async fn worker_binary() -> PathBuf {
-    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    tokio::task::spawn_blocking(|| {
-        BINARY
-            .get_or_init(|| support::example_binary("amqp_worker"))
-            .clone()
-    })
-    .await
-    .expect("build")
-}
-
 /// Starts the worker on `queue` with `env` on top of the broker URL and queue.
 fn start(binary: &Path, queue: &str, env: &[(&str, &str)]) -> Worker {
     let url = broker_url();
@@ -202,7 +190,9 @@ fn summary(fault: &str, want: &HashSet<String>, runs: &[Vec<String>]) -> (usize,
 async fn sigkill_mid_batch_loses_nothing_after_a_restart() {
     let mut queue = TestQueue::declare("sigkill").await;
     queue.publish(60).await;
-    let binary = worker_binary().await;
+    let binary = tokio::task::spawn_blocking(support::amqp_worker_binary)
+        .await
+        .expect("the example builds");
     let name = queue.name.clone();
     let first = tokio::task::spawn_blocking(move || {
         let slow = [("BULK_SIZE", "10"), ("PREFETCH", "30"), ("WORK_MS", "3000")];
@@ -253,7 +243,9 @@ async fn sigkill_mid_batch_loses_nothing_after_a_restart() {
 async fn sigterm_mid_batch_then_a_second_run_handle_each_message_once() {
     let mut queue = TestQueue::declare("sigterm-twice").await;
     queue.publish(60).await;
-    let binary = worker_binary().await;
+    let binary = tokio::task::spawn_blocking(support::amqp_worker_binary)
+        .await
+        .expect("the example builds");
     let name = queue.name.clone();
     let first = tokio::task::spawn_blocking(move || {
         let slow = [("BULK_SIZE", "10"), ("PREFETCH", "30"), ("WORK_MS", "1000")];
@@ -295,7 +287,9 @@ async fn sigterm_mid_batch_then_a_second_run_handle_each_message_once() {
 /// `processes` workers on one queue: every message handled, each process got a share.
 async fn competing(processes: usize) {
     let mut queue = TestQueue::declare(&format!("compete-{processes}")).await;
-    let binary = worker_binary().await;
+    let binary = tokio::task::spawn_blocking(support::amqp_worker_binary)
+        .await
+        .expect("the example builds");
     // Small prefetch and slow batches, so the broker spreads the messages.
     let env = [("BULK_SIZE", "5"), ("PREFETCH", "5"), ("WORK_MS", "20")];
     let workers: Vec<Worker> = (0..processes)

@@ -16,16 +16,9 @@ use std::time::{Duration, Instant};
 
 use support::{DEADLINE, Worker};
 
-fn worker_binary() -> std::path::PathBuf {
-    static BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BINARY
-        .get_or_init(|| support::example_binary("amqp_worker"))
-        .clone()
-}
-
 #[test]
 fn a_worker_that_stops_on_an_error_prints_it_for_a_person() {
-    let mut child = Command::new(worker_binary())
+    let mut child = Command::new(support::amqp_worker_binary())
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
@@ -67,7 +60,7 @@ fn a_worker_that_stops_on_an_error_prints_it_for_a_person() {
 #[test]
 fn an_unreachable_broker_is_logged_once_per_attempt() {
     let mut worker = Worker::start(
-        &worker_binary(),
+        &support::amqp_worker_binary(),
         &[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")],
     );
     // Three attempts (the backoff starts at 0.5 s), then stop.
@@ -103,7 +96,7 @@ fn an_unreachable_broker_is_logged_once_per_attempt() {
 /// The vhost the example says it starts on, with `env` over a broker that refuses the vhost
 /// (it does not exist): the worker keeps retrying, and its `starting` line names the vhost.
 fn vhost_used(env: &[(&str, &str)]) -> String {
-    let mut worker = Worker::start(&worker_binary(), env);
+    let mut worker = Worker::start(&support::amqp_worker_binary(), env);
     let line = worker.wait_for("starting");
     worker.signal("TERM");
     let _ = worker.finish();

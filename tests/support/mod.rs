@@ -46,6 +46,13 @@ pub fn example_binary(name: &str) -> PathBuf {
         .expect("cargo reports the example's executable")
 }
 
+/// The `amqp_worker` example, built once per test binary (the process tests of several
+/// binaries run it). Blocking: async tests call it through `spawn_blocking`.
+pub fn amqp_worker_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| example_binary("amqp_worker")).clone()
+}
+
 /// A running worker and its log (stdout) lines, read on a thread of their own.
 pub struct Worker {
     child: Child,

@@ -22,7 +22,7 @@ mod support;
 mod process;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use asyncworker_amqp::lapin::options::{
@@ -141,18 +141,6 @@ async fn until_drained(cluster: &Cluster, node: usize, queue: &str) {
     let _ = connection.close(200, "ok".into()).await;
 }
 
-/// The example, built once for every test of this binary.
-async fn worker_binary() -> PathBuf {
-    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    tokio::task::spawn_blocking(|| {
-        BINARY
-            .get_or_init(|| process::example_binary("amqp_worker"))
-            .clone()
-    })
-    .await
-    .expect("build")
-}
-
 /// The port of a worker's `connected` log line (the library's: it names the host and port
 /// of the node the route connected to).
 fn connected_port(line: &str) -> Option<u16> {
@@ -269,7 +257,9 @@ async fn the_worker_reconnects_to_another_node_when_its_node_is_killed_mid_drain
     let queue = declare_quorum(&cluster, 1, "cluster-worker-kill").await;
     let want = publish(&cluster, 1, &queue, 3000).await;
     let published = started.elapsed();
-    let binary = worker_binary().await;
+    let binary = tokio::task::spawn_blocking(process::amqp_worker_binary)
+        .await
+        .expect("the example builds");
 
     let mut fleet = Fleet::start(&binary, &queue, &[endpoints_from(&cluster, 0)], &PACED);
     fleet
@@ -328,7 +318,9 @@ async fn consumption_resumes_after_the_quorum_leader_is_stopped() {
     let want = publish(&cluster, other, &queue, 3000).await;
     let published = started.elapsed();
     let building = Instant::now();
-    let binary = worker_binary().await;
+    let binary = tokio::task::spawn_blocking(process::amqp_worker_binary)
+        .await
+        .expect("the example builds");
     let build = building.elapsed();
 
     // The worker is on another node than the leader, and stays there.
@@ -388,7 +380,9 @@ async fn four_processes_share_one_quorum_queue_over_three_nodes() {
     let cluster = Cluster::from_env();
     let started = Instant::now();
     let queue = declare_quorum(&cluster, 0, "cluster-four").await;
-    let binary = worker_binary().await;
+    let binary = tokio::task::spawn_blocking(process::amqp_worker_binary)
+        .await
+        .expect("the example builds");
     // Process k starts its endpoint list at node k mod 3: nodes 1, 2, 3, 1.
     let urls: Vec<String> = (0..4).map(|k| endpoints_from(&cluster, k % 3)).collect();
     // Small prefetch and slow batches, so the broker spreads the messages.
@@ -436,7 +430,9 @@ async fn throughput_of_1_2_and_4_processes_over_three_nodes() {
     }
     let _turn = TURN.lock().await;
     let cluster = Cluster::from_env();
-    let binary = worker_binary().await;
+    let binary = tokio::task::spawn_blocking(process::amqp_worker_binary)
+        .await
+        .expect("the example builds");
     let n = 20_000;
     for processes in [1, 2, 4] {
         let queue = declare_quorum(&cluster, 0, "cluster-throughput").await;
