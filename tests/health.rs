@@ -78,6 +78,23 @@ async fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<
 }
 
 /// GET `path` until `done` accepts the reply, or panic after [`DEADLINE`].
+/// Waits for `task` (the `what`: app or server) to end without error, then checks that its
+/// port is closed: `GET path` is refused.
+async fn assert_stopped<E: std::fmt::Debug>(
+    what: &str,
+    task: tokio::task::JoinHandle<Result<(), E>>,
+    addr: SocketAddr,
+    path: &str,
+) {
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not stop"))
+        .unwrap_or_else(|e| panic!("{what} task panicked: {e}"))
+        .unwrap_or_else(|e| panic!("{what} failed: {e:?}"));
+    let refused = get(addr, path).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
 async fn get_until(addr: SocketAddr, path: &str, done: impl Fn(&Reply) -> bool) -> Reply {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -193,13 +210,7 @@ async fn endpoints_follow_the_app_lifecycle() {
 
     // Stopped: the server is gone with the app.
     open_stop.send(()).unwrap();
-    tokio::time::timeout(DEADLINE, app)
-        .await
-        .expect("app did not stop")
-        .expect("app task panicked")
-        .expect("app failed");
-    let refused = get(addr, "/health/live").await.unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_stopped("app", app, addr, "/health/live").await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -237,13 +248,7 @@ async fn a_served_health_endpoint_reports_a_stopped_app_and_stops_on_its_signal(
     assert_eq!(get(addr, "/metrics").await.unwrap().status, 404);
 
     stop.send(()).unwrap();
-    tokio::time::timeout(DEADLINE, served)
-        .await
-        .expect("server did not stop")
-        .expect("server task panicked")
-        .expect("server failed");
-    let refused = get(addr, "/health/live").await.unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_stopped("server", served, addr, "/health/live").await;
 }
 
 /// What the user's `/orders/{id}` route answers: the order and how many messages the worker
@@ -329,13 +334,7 @@ async fn user_routes_are_served_beside_metrics_and_health_and_stop_with_the_app(
 
     // Stopped: the user's routes are gone with the app, like the rest.
     stop.trigger();
-    tokio::time::timeout(DEADLINE, app)
-        .await
-        .expect("app did not stop")
-        .expect("app task panicked")
-        .expect("app failed");
-    let refused = get(addr, "/orders/7").await.unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_stopped("app", app, addr, "/orders/7").await;
 }
 
 #[tokio::test(flavor = "current_thread")]
