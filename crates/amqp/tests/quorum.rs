@@ -148,12 +148,7 @@ async fn run_bulk(queue: &str, bulk: usize, expected: usize) -> Vec<Vec<String>>
     })
     .await
     .expect("every message handled");
-    handle.trigger();
-    let result = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("the app stops")
-        .expect("the app task does not panic");
-    assert!(result.is_ok(), "{result:?}");
+    stop_app(&handle, run).await;
     batches.lock().unwrap().clone()
 }
 
@@ -317,12 +312,7 @@ async fn a_poison_message_is_dead_lettered_after_the_delivery_limit() {
     })
     .await
     .expect("the message reaches the dead-letter queue");
-    handle.trigger();
-    let result = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("the app stops")
-        .expect("the app task does not panic");
-    assert!(result.is_ok(), "{result:?}");
+    stop_app(&handle, run).await;
 
     assert_eq!(*seen.lock().unwrap(), [None, Some(1), Some(2)]);
     assert_eq!(message_count(&conn, &q).await, 0);
@@ -446,4 +436,17 @@ async fn single_active_consumer_fails_over_in_order() {
     })
     .await
     .expect("every message acked");
+}
+
+/// Triggers `shutdown` and waits for the App task `run` to end without error.
+async fn stop_app(
+    shutdown: &Shutdown,
+    run: tokio::task::JoinHandle<Result<(), asyncworker_core::Error>>,
+) {
+    shutdown.trigger();
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the app stops")
+        .expect("the app task does not panic");
+    assert!(result.is_ok(), "{result:?}");
 }
